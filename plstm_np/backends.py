@@ -1,0 +1,48 @@
+"""Backend registry: every backend module provides the same two functions.
+
+``layer_forward(params, x, t, lengths, h0, c0, leak, gate_open)`` returns
+``(h_seq, (h_T, c_T), cache)`` with ``cache["updates"]`` the number of neuron updates it
+actually computed, and ``layer_backward(dh_seq, dstate, cache)`` returns the gradient dict
+(parameters plus ``x``, ``h0``, ``c0``). Inputs arrive validated (see
+:mod:`plstm_np.validation`). Backends are imported on first use, so importing
+``plstm_np`` compiles nothing.
+"""
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["BACKENDS", "BackendUnavailableError", "get_backend", "check_backend"]
+
+BACKENDS = {
+    "numpy": "plstm_np.reference",
+    "numba": "plstm_np.numba_backend",
+    "cuda": "plstm_np.cuda_backend",
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for that cannot run here (no GPU, numba-cuda missing, ...)."""
+
+
+def check_backend(name):
+    """Return ``name`` if it is a known backend, else raise ValueError naming ``backend``."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {name!r}")
+    return name
+
+
+def get_backend(name):
+    """The backend module for ``name`` ('numpy', 'numba' or 'cuda').
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    BackendUnavailableError
+        When the backend cannot run on this machine; the message says why.
+    """
+    module = importlib.import_module(BACKENDS[check_backend(name)])
+    ensure = getattr(module, "ensure_available", None)
+    if ensure is not None:
+        ensure()
+    return module

@@ -1,0 +1,35 @@
+"""Every knob of the compiled backends, in one place.
+
+Kernels read these when they are first compiled (on first use of a backend, never at import
+of ``plstm_np``). Environment variables set the defaults; code may change the attributes
+before the first call of a backend.
+
+- ``NUMBA_CACHE`` (``PLSTM_NP_NUMBA_CACHE``, default on): cache compiled CPU kernels on disk,
+  so that a fresh process does not recompile them.
+- ``NUMBA_FASTMATH`` (``PLSTM_NP_FASTMATH``, default off): LLVM fast-math; off keeps the CPU
+  kernels within 1e-12 of the reference in float64.
+- ``NUMBA_PARALLEL`` (``PLSTM_NP_PARALLEL``, default on): parallel loops over the batch.
+- ``NUM_THREADS`` (``PLSTM_NP_NUM_THREADS``, default: Numba's own): threads for those loops.
+- ``CUDA_THREADS_PER_BLOCK`` (``PLSTM_NP_CUDA_TPB``, default 128): block size of the GPU
+  kernels; the simulator tests patch it small so tiny problems span several blocks.
+"""
+import os
+
+
+def _flag(name, default):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def _int(name, default):
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+NUMBA_CACHE = _flag("PLSTM_NP_NUMBA_CACHE", True)
+NUMBA_FASTMATH = _flag("PLSTM_NP_FASTMATH", False)
+NUMBA_PARALLEL = _flag("PLSTM_NP_PARALLEL", True)
+NUM_THREADS = _int("PLSTM_NP_NUM_THREADS", None)
+CUDA_THREADS_PER_BLOCK = _int("PLSTM_NP_CUDA_TPB", 128)

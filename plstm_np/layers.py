@@ -1,0 +1,264 @@
+"""Recurrent layers: the Phased LSTM and the LSTM baseline (the same layer, gate forced open).
+
+A layer owns its parameters (a dict with the names of the DESIGN.md contract) and its
+hyper-parameters; it keeps no state between calls. ``forward`` returns ``(h, state, cache)``
+and ``backward(dh, cache, dstate)`` returns the gradients, as in a hand-written LSTM::
+
+    layer = PhasedLSTM(1, 110, rng=0)
+    h, (h_T, c_T), cache = layer.forward(x, t, lengths)
+    grads = layer.backward(dh, cache)          # dict: Wx, Wh, b, w_ci, w_cf, w_co, tau, s, r_on, x, h0, c0
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .backends import check_backend, get_backend
+from .validation import (as_rng, check_dtype, check_positive_int, check_sequence_inputs,
+                         check_state)
+
+__all__ = ["PhasedLSTM", "LSTM"]
+
+
+def _per_neuron(value, H, name, dtype):
+    """A scalar or (H,) array argument as a fresh (H,) array of ``dtype``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return np.full(H, value, dtype)
+    if isinstance(value, np.ndarray):
+        if value.shape != (H,):
+            raise ValueError(f"{name} must be a scalar or have shape ({H},), got {value.shape}")
+        if value.dtype.kind != "f":
+            raise TypeError(f"{name} must be a float array, got dtype {value.dtype}")
+        return value.astype(dtype)
+    raise TypeError(f"{name} must be a scalar or a numpy array of shape ({H},), got {type(value).__name__}")
+
+
+def _check_timing(tau, r_on):
+    if not np.all(np.isfinite(tau)) or np.any(tau <= 0):
+        raise ValueError(f"tau must be finite and > 0, got min {np.min(tau)}")
+    if not np.all(np.isfinite(r_on)) or np.any(r_on <= 0) or np.any(r_on > 1):
+        raise ValueError(f"r_on must lie in (0, 1], got range [{np.min(r_on)}, {np.max(r_on)}]")
+
+
+class PhasedLSTM:
+    """A Phased LSTM layer (Neil, Pfeiffer & Liu 2016) with diagonal peepholes.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        D and H.
+    tau_exp_range : (float, float)
+        Periods are initialised as ``tau = exp(U(lo, hi))`` (the paper: (0, 3) for the
+        frequency task, (1, 6)... for N-MNIST), unless ``tau`` is given.
+    tau, s : float or ndarray (H,), optional
+        Hand-set per-neuron period and shift (multi-rate sensor fusion). ``s`` defaults to
+        ``U(0, tau)``.
+    r_on : float or ndarray (H,)
+        Open ratio, 0 < r_on <= 1 (default 0.05).
+    leak : float
+        alpha, the closed-phase leak used when ``training=True`` (default 1e-3); evaluation
+        uses 0.
+    learn_tau, learn_s, learn_r_on : bool
+        Which timing parameters the optimizer updates (default: tau and s learned, r_on fixed).
+        Gradients are computed for all of them either way.
+    tau_min, r_on_min : float
+        Floors the optimizer keeps tau and r_on at: after every update
+        ``tau >= tau_min`` and ``r_on_min <= r_on <= 1``.
+    init_std : float
+        Standard deviation of the normal init of ``Wx``, ``Wh`` and the peepholes (Lasagne's
+        default 0.1, which the paper kept); biases start at 0.
+    dtype : float32 or float64
+    backend : {'numpy', 'numba', 'cuda'}
+    rng : numpy.random.Generator, int or None
+
+    Attributes
+    ----------
+    params : dict of ndarray
+        ``Wx`` (D, 4H), ``Wh`` (H, 4H), ``b`` (4H,) with gate blocks [i, f, g, o];
+        ``w_ci``, ``w_cf``, ``w_co``, ``tau``, ``s``, ``r_on`` (H,).
+    frozen : set of str
+        Parameter names the optimizer leaves alone.
+    bounds : dict
+        ``name -> (low, high)`` the optimizer clips to.
+    """
+
+    gate_open = False
+
+    def __init__(self, input_size, hidden_size, *, tau_exp_range=(0.0, 3.0), tau=None, s=None,
+                 r_on=0.05, leak=1e-3, learn_tau=True, learn_s=True, learn_r_on=False,
+                 tau_min=1e-3, r_on_min=1e-3, init_std=0.1, dtype=np.float64, backend="numpy",
+                 rng=None):
+        self.input_size = check_positive_int(input_size, "input_size")
+        self.hidden_size = H = check_positive_int(hidden_size, "hidden_size")
+        self.dtype = check_dtype(dtype)
+        self.backend = check_backend(backend)
+        self.leak = float(leak)
+        if not (np.isfinite(self.leak) and 0.0 <= self.leak < 1.0):
+            raise ValueError(f"leak must lie in [0, 1), got {leak}")
+        if not (tau_min > 0 and 0 < r_on_min <= 1):
+            raise ValueError(f"tau_min must be > 0 and r_on_min in (0, 1], got {tau_min}, {r_on_min}")
+        self.tau_min, self.r_on_min = float(tau_min), float(r_on_min)
+        self.init_std = float(init_std)
+        rng = as_rng(rng)
+        self.params = self._init_gate_params(rng)
+        if not self.gate_open:
+            lo, hi = tau_exp_range
+            if not lo <= hi:
+                raise ValueError(f"tau_exp_range must be (low, high) with low <= high, got {tau_exp_range}")
+            tau = np.exp(rng.uniform(lo, hi, H)) if tau is None else tau
+            tau = _per_neuron(tau, H, "tau", np.float64)
+            s = rng.uniform(0.0, tau) if s is None else s
+            s = _per_neuron(s, H, "s", np.float64)
+            r_on = _per_neuron(r_on, H, "r_on", np.float64)
+            _check_timing(tau, r_on)
+            if not np.all(np.isfinite(s)):
+                raise ValueError("s must be finite")
+            self.params.update(tau=tau.astype(self.dtype), s=s.astype(self.dtype),
+                               r_on=r_on.astype(self.dtype))
+            self.frozen = {name for name, learn in
+                           (("tau", learn_tau), ("s", learn_s), ("r_on", learn_r_on)) if not learn}
+            self.bounds = {"tau": (self.tau_min, np.inf), "r_on": (self.r_on_min, 1.0)}
+        else:
+            self.frozen, self.bounds = set(), {}
+        self.tau_exp_range = tuple(float(v) for v in tau_exp_range)
+
+    def _init_gate_params(self, rng):
+        D, H, std, dt = self.input_size, self.hidden_size, self.init_std, self.dtype
+        return {
+            "Wx": rng.normal(0.0, std, (D, 4 * H)).astype(dt),
+            "Wh": rng.normal(0.0, std, (H, 4 * H)).astype(dt),
+            "b": np.zeros(4 * H, dt),
+            "w_ci": rng.normal(0.0, std, H).astype(dt),
+            "w_cf": rng.normal(0.0, std, H).astype(dt),
+            "w_co": rng.normal(0.0, std, H).astype(dt),
+        }
+
+    # ------------------------------------------------------------------ running
+    def _features(self, x, t):
+        """The input the gates see (the LSTM baseline appends the timestamp)."""
+        return x
+
+    def forward(self, x, t, lengths=None, state=None, training=True):
+        """Run the layer over a batch of sequences.
+
+        Parameters
+        ----------
+        x : ndarray (B, T, input_size) of the layer's dtype
+        t : ndarray (B, T) float64
+            Per-sample, per-step timestamps.
+        lengths : ndarray (B,) of ints, optional
+            Valid steps per sample; later steps leave the state untouched.
+        state : tuple (h0, c0) of (B, H) arrays, optional
+            Initial state (zeros by default), e.g. the final state of the previous chunk.
+        training : bool
+            Use the leak alpha in the closed phase (True) or 0 (False, evaluation).
+
+        Returns
+        -------
+        h : ndarray (B, T, H)
+        state : tuple (h_T, c_T)
+        cache : dict
+            For :meth:`backward`; ``cache["updates"]`` counts the neuron updates computed.
+        """
+        x, t, lengths = check_sequence_inputs(x, t, lengths, input_size=self.input_size,
+                                              dtype=self.dtype)
+        h0, c0 = check_state(state, x.shape[0], self.hidden_size, self.dtype)
+        return self._forward(x, t, lengths, h0, c0, training)
+
+    def _forward(self, x, t, lengths, h0, c0, training):
+        """:meth:`forward` on validated inputs (used by :class:`plstm_np.Network`)."""
+        backend = get_backend(self.backend)
+        leak = self.leak if training else 0.0
+        return backend.layer_forward(self.params, self._features(x, t), t, lengths, h0, c0,
+                                     leak, self.gate_open)
+
+    def backward(self, dh, cache, dstate=None):
+        """Gradients of a loss given its gradient ``dh`` (B, T, H) with respect to the outputs.
+
+        Parameters
+        ----------
+        dh : ndarray (B, T, H)
+        cache : dict
+            From :meth:`forward`.
+        dstate : tuple (dh_T, dc_T), optional
+            Gradient with respect to the final state (when it feeds a later chunk).
+
+        Returns
+        -------
+        dict of ndarray
+            Every parameter's gradient (keys of :attr:`params`), and ``x``, ``h0``, ``c0``.
+        """
+        backend = get_backend(cache["backend"])
+        return backend.layer_backward(dh, dstate, cache)
+
+    # ------------------------------------------------------------------ saving
+    def config(self):
+        """Hyper-parameters as a JSON-serialisable dict (parameters are saved separately)."""
+        cfg = dict(
+            kind=type(self).__name__, input_size=self.input_size, hidden_size=self.hidden_size,
+            leak=self.leak, init_std=self.init_std, dtype=self.dtype.name, backend=self.backend,
+        )
+        if not self.gate_open:
+            cfg.update(tau_exp_range=list(self.tau_exp_range), tau_min=self.tau_min,
+                       r_on_min=self.r_on_min, learn_tau="tau" not in self.frozen,
+                       learn_s="s" not in self.frozen, learn_r_on="r_on" not in self.frozen)
+        return cfg
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+                f"dtype={self.dtype.name}, backend={self.backend!r})")
+
+
+class LSTM(PhasedLSTM):
+    """The LSTM baseline: a :class:`PhasedLSTM` whose time gate is always open (``k = 1``).
+
+    As in the paper, it receives the timestamp as an extra input feature (appended after
+    ``x``, multiplied by ``time_scale``), so ``Wx`` has ``input_size + 1`` rows. It has no
+    ``tau``, ``s``, ``r_on`` parameters.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    time_input : bool
+        Append ``t * time_scale`` to the input features (default True).
+    time_scale : float
+        Factor applied to the timestamp feature.
+    init_std, dtype, backend, rng
+        As for :class:`PhasedLSTM`.
+    """
+
+    gate_open = True
+
+    def __init__(self, input_size, hidden_size, *, time_input=True, time_scale=1.0,
+                 init_std=0.1, dtype=np.float64, backend="numpy", rng=None):
+        self.time_input = bool(time_input)
+        self.time_scale = float(time_scale)
+        self.gate_input_size = input_size + int(self.time_input)
+        super().__init__(input_size, hidden_size, leak=0.0, init_std=init_std, dtype=dtype,
+                         backend=backend, rng=rng)
+
+    def _init_gate_params(self, rng):
+        params = super()._init_gate_params(rng)
+        if self.time_input:
+            extra = rng.normal(0.0, self.init_std, (1, 4 * self.hidden_size)).astype(self.dtype)
+            params["Wx"] = np.concatenate([params["Wx"], extra])
+        return params
+
+    def _features(self, x, t):
+        if not self.time_input:
+            return x
+        feature = (t * self.time_scale).astype(self.dtype)[:, :, None]
+        return np.concatenate([x, feature], axis=2)
+
+    def backward(self, dh, cache, dstate=None):
+        grads = super().backward(dh, cache, dstate)
+        if self.time_input:
+            grads["x"] = np.ascontiguousarray(grads["x"][:, :, :self.input_size])
+        return grads
+
+    def config(self):
+        cfg = super().config()
+        cfg.update(time_input=self.time_input, time_scale=self.time_scale)
+        del cfg["leak"]
+        return cfg

@@ -1,0 +1,152 @@
+"""Input checks at the API boundary: clear errors that name the argument, never a silent cast.
+
+Backends receive only what passed these checks (contiguous arrays of the right dtype and
+shape), so every backend reports bad input the same way.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "as_rng", "check_dtype", "check_positive_int", "check_array", "check_finite",
+    "check_sequence_inputs", "check_state",
+]
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_rng(rng):
+    """A ``np.random.Generator`` from a Generator, an int seed or None."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, numbers.Integral):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+
+
+def check_dtype(dtype, name="dtype"):
+    """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise TypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from err
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_positive_int(value, name):
+    """Return ``int(value)`` for a positive integer, else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def check_array(a, name, *, ndim=None, shape=None, dtype=None, kind=None):
+    """Check type, ndim, shape and dtype of an array argument; return it C-contiguous.
+
+    Parameters
+    ----------
+    a : object
+        The argument; must be a ``numpy.ndarray``.
+    name : str
+        Its name, used in every message.
+    ndim : int, optional
+    shape : tuple, optional
+        Expected shape; ``None`` entries match any size.
+    dtype : dtype, optional
+        Exact dtype required (no silent casts).
+    kind : str, optional
+        Required dtype kind instead of an exact dtype, e.g. ``"i"`` for signed integers.
+    """
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if shape is not None:
+        if a.ndim != len(shape) or any(e is not None and e != n for e, n in zip(shape, a.shape)):
+            want = "(" + ", ".join("?" if e is None else str(e) for e in shape) + ")"
+            raise ValueError(f"{name} must have shape {want}, got {a.shape}")
+    if dtype is not None and a.dtype != np.dtype(dtype):
+        raise TypeError(
+            f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype} "
+            f"(convert explicitly, e.g. {name}.astype(np.{np.dtype(dtype)}))"
+        )
+    if kind is not None and a.dtype.kind not in kind:
+        raise TypeError(f"{name} must have an integer dtype, got {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+def check_finite(a, name, where=None):
+    """Raise ValueError naming the first non-finite entry of ``a`` (within ``where``)."""
+    bad = ~np.isfinite(a)
+    if where is not None:
+        bad &= where
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} has a non-finite value {a[idx]} at index {idx}")
+
+
+def check_sequence_inputs(x, t, lengths, *, input_size, dtype):
+    """Validate a batch of sequences for a layer or network.
+
+    Parameters
+    ----------
+    x : ndarray (B, T, input_size), of exactly ``dtype``
+    t : ndarray (B, T), float64
+    lengths : ndarray (B,) of ints in [0, T], or None for all T
+    input_size : int
+    dtype : dtype
+
+    Returns
+    -------
+    x, t, lengths : contiguous arrays, lengths as int64. Only steps before ``lengths`` are
+    required to be finite: padding may hold anything and is never read.
+    """
+    x = check_array(x, "x", ndim=3, dtype=dtype)
+    B, T, D = x.shape
+    if D != input_size:
+        raise ValueError(f"x must have shape (B, T, {input_size}), got {x.shape}")
+    t = check_timestamps(t, B, T)
+    lengths = check_lengths(lengths, B, T)
+    valid = np.arange(T)[None, :] < lengths[:, None]
+    check_finite(t, "t", valid)
+    check_finite(x, "x", valid[:, :, None])
+    return x, t, lengths
+
+
+def check_timestamps(t, B, T):
+    """Validate timestamps ``t`` (B, T) float64."""
+    if isinstance(t, np.ndarray) and t.dtype != np.float64:
+        raise TypeError(
+            f"t must have dtype float64 (the phase needs float64 resolution), got {t.dtype}"
+        )
+    return check_array(t, "t", shape=(B, T), dtype=np.float64)
+
+
+def check_lengths(lengths, B, T):
+    """Validate ``lengths`` (B,) of ints in [0, T]; None means every sequence has T steps."""
+    if lengths is None:
+        return np.full(B, T, dtype=np.int64)
+    lengths = check_array(lengths, "lengths", shape=(B,), kind="iu")
+    if B and (lengths.min() < 0 or lengths.max() > T):
+        bad = int(np.argmax((lengths < 0) | (lengths > T)))
+        raise ValueError(f"lengths must lie in [0, {T}] (T = x.shape[1]), got lengths[{bad}] = {lengths[bad]}")
+    return lengths.astype(np.int64)
+
+
+def check_state(state, B, H, dtype, name="state"):
+    """Validate an initial state ``(h0, c0)``, each (B, H) of ``dtype``; None gives zeros."""
+    if state is None:
+        return np.zeros((B, H), dtype), np.zeros((B, H), dtype)
+    if not isinstance(state, (tuple, list)) or len(state) != 2:
+        raise TypeError(f"{name} must be a tuple (h0, c0) or None, got {type(state).__name__}")
+    h0 = check_array(state[0], f"{name}[0] (h0)", shape=(B, H), dtype=dtype)
+    c0 = check_array(state[1], f"{name}[1] (c0)", shape=(B, H), dtype=dtype)
+    check_finite(h0, f"{name}[0] (h0)")
+    check_finite(c0, f"{name}[1] (c0)")
+    return h0, c0
