@@ -1,12 +1,24 @@
 """plstm_np: the Phased LSTM in NumPy, with hand-derived BPTT and kernels that skip closed neurons.
 
 Neil, Pfeiffer & Liu, "Phased LSTM: Accelerating Recurrent Network Training for Long or
-Event-based Sequences", NIPS 2016. See the README for a tour and DESIGN notes for the maths.
+Event-based Sequences", NIPS 2016. The README gives a tour; the modules read like the paper:
+
+- :mod:`plstm_np.time_gate`: the time gate (eq. 6) and its derivatives.
+- :mod:`plstm_np.reference`: one layer's forward and hand-derived BPTT in NumPy.
+- :mod:`plstm_np.layers`, :mod:`plstm_np.network`: layers, read-out, embedding, network.
+- :mod:`plstm_np.losses`, :mod:`plstm_np.optim`: losses, Adam, clipping, constraints.
+- :mod:`plstm_np.gradcheck`: gradient checking against central differences.
+- :mod:`plstm_np.io`: save and load.
 """
 from .backends import BackendUnavailableError, get_backend
 from .dataset import Dataset
 from .gradcheck import GradCheckReport, check_gradients, numerical_gradient, relative_error
+from .io import load, load_checkpoint, save
 from .layers import LSTM, PhasedLSTM
+from .losses import mean_squared_error, softmax_cross_entropy
+from .network import Dense, Embedding, Network
+from .optim import Adam, clip_grad_norm
+from .training import train
 from .time_gate import kink_distance, phase, time_gate, time_gate_with_grads
 
 __version__ = "0.1.0"

@@ -108,10 +108,10 @@ class PhasedLSTM:
                 raise ValueError(f"tau_exp_range must be (low, high) with low <= high, got {tau_exp_range}")
             tau = np.exp(rng.uniform(lo, hi, H)) if tau is None else tau
             tau = _per_neuron(tau, H, "tau", np.float64)
-            s = rng.uniform(0.0, tau) if s is None else s
-            s = _per_neuron(s, H, "s", np.float64)
             r_on = _per_neuron(r_on, H, "r_on", np.float64)
             _check_timing(tau, r_on)
+            s = rng.uniform(0.0, tau) if s is None else s
+            s = _per_neuron(s, H, "s", np.float64)
             if not np.all(np.isfinite(s)):
                 raise ValueError("s must be finite")
             self.params.update(tau=tau.astype(self.dtype), s=s.astype(self.dtype),

@@ -1,0 +1,460 @@
+"""A network: an optional embedding, stacked recurrent layers and a dense read-out.
+
+Every layer receives the same timestamps (the paper's Fig. 2a). The read-out sees the top
+layer's hidden state either at each sequence's last valid step (classification of a whole
+sequence) or at every step. Parameters are exposed as one flat dict whose keys are
+``"layer{i}.<name>"``, ``"readout.W"``, ``"readout.b"`` and ``"embedding.E"``; its arrays are
+the components' own, so an optimizer updating them in place updates the network.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backends import check_backend
+from .layers import PhasedLSTM
+from .losses import LOSSES
+from .time_gate import kink_distance
+from .validation import (as_rng, check_array, check_dtype, check_finite, check_lengths,
+                         check_positive_int, check_sequence_inputs, check_state,
+                         check_timestamps)
+
+__all__ = ["Dense", "Embedding", "Network"]
+
+
+class Dense:
+    """A fully connected read-out ``y = h W + b``.
+
+    Parameters
+    ----------
+    input_size, output_size : int
+    init_std : float
+        Standard deviation of the normal init of ``W`` (``b`` starts at 0).
+    dtype : float32 or float64
+    rng : Generator, int or None
+
+    Attributes
+    ----------
+    params : dict
+        ``W`` (input_size, output_size), ``b`` (output_size,).
+    """
+
+    def __init__(self, input_size, output_size, *, init_std=0.1, dtype=np.float64, rng=None):
+        self.input_size = check_positive_int(input_size, "input_size")
+        self.output_size = check_positive_int(output_size, "output_size")
+        self.dtype = check_dtype(dtype)
+        self.init_std = float(init_std)
+        rng = as_rng(rng)
+        self.params = {
+            "W": rng.normal(0.0, init_std, (input_size, output_size)).astype(self.dtype),
+            "b": np.zeros(output_size, self.dtype),
+        }
+
+    def forward(self, h):
+        """``h @ W + b`` over the last axis of ``h``."""
+        return h @ self.params["W"] + self.params["b"]
+
+    def backward(self, dy, h):
+        """Gradients ``(grads of W and b, dh)`` given ``dy`` and the forward input ``h``."""
+        W = self.params["W"]
+        h2, dy2 = h.reshape(-1, W.shape[0]), dy.reshape(-1, W.shape[1])
+        return {"W": h2.T @ dy2, "b": dy2.sum(0)}, dy @ W.T
+
+    def config(self):
+        """Hyper-parameters as a JSON-serialisable dict."""
+        return dict(kind="Dense", input_size=self.input_size, output_size=self.output_size,
+                    init_std=self.init_std, dtype=self.dtype.name)
+
+
+class Embedding:
+    """A learned embedding of discrete event addresses (e.g. N-MNIST pixel addresses).
+
+    Parameters
+    ----------
+    num_embeddings : int
+        Number of distinct addresses (tokens lie in [0, num_embeddings)).
+    dim : int
+        Embedding size (the paper: 40 for N-MNIST).
+    init_std, dtype, rng
+        As for :class:`Dense`.
+
+    Attributes
+    ----------
+    params : dict
+        ``E`` (num_embeddings, dim).
+    """
+
+    def __init__(self, num_embeddings, dim, *, init_std=0.1, dtype=np.float64, rng=None):
+        self.num_embeddings = check_positive_int(num_embeddings, "num_embeddings")
+        self.dim = check_positive_int(dim, "dim")
+        self.dtype = check_dtype(dtype)
+        self.init_std = float(init_std)
+        self.params = {"E": as_rng(rng).normal(0.0, init_std, (num_embeddings, dim)).astype(self.dtype)}
+
+    def forward(self, tokens):
+        """Rows of ``E`` for each token: (..., dim)."""
+        return self.params["E"][tokens]
+
+    def backward(self, dout, tokens):
+        """Gradient of ``E`` given ``dout`` (..., dim); repeated tokens accumulate."""
+        dE = np.zeros_like(self.params["E"])
+        np.add.at(dE, tokens.reshape(-1), dout.reshape(-1, self.dim))
+        return {"E": dE}
+
+    def config(self):
+        """Hyper-parameters as a JSON-serialisable dict."""
+        return dict(kind="Embedding", num_embeddings=self.num_embeddings, dim=self.dim,
+                    init_std=self.init_std, dtype=self.dtype.name)
+
+
+class Network:
+    """Embedding (optional) -> stacked Phased LSTM / LSTM layers -> dense read-out.
+
+    Parameters
+    ----------
+    layers : list of PhasedLSTM or LSTM
+        ``layers[0].input_size`` = ``embedding.dim`` (if any) + number of input features;
+        ``layers[i].input_size`` = ``layers[i-1].hidden_size``.
+    readout : Dense
+        Maps the top layer's hidden state to the outputs.
+    embedding : Embedding, optional
+        Embeds ``tokens``; the embedding comes first in the first layer's input, then the
+        features ``x``.
+    readout_at : {'last', 'every'}
+        Read out at each sequence's last valid step, or at every step.
+    loss : {'cross_entropy', 'mse'}
+        Softmax cross-entropy on integer labels, or mean squared error on float targets.
+    backend : {'numpy', 'numba', 'cuda'}, optional
+        Sets every layer's backend (default: keep the layers' own).
+
+    Examples
+    --------
+    >>> net = Network([PhasedLSTM(1, 110, rng=0)], Dense(110, 2, rng=1))
+    >>> loss, grads = net.loss_and_grads(batch)
+    """
+
+    def __init__(self, layers, readout, *, embedding=None, readout_at="last",
+                 loss="cross_entropy", backend=None):
+        layers = list(layers)
+        if not layers or not all(isinstance(layer, PhasedLSTM) for layer in layers):
+            raise TypeError("layers must be a non-empty list of PhasedLSTM or LSTM layers")
+        if not isinstance(readout, Dense):
+            raise TypeError(f"readout must be a Dense layer, got {type(readout).__name__}")
+        if embedding is not None and not isinstance(embedding, Embedding):
+            raise TypeError(f"embedding must be an Embedding or None, got {type(embedding).__name__}")
+        if readout_at not in ("last", "every"):
+            raise ValueError(f"readout_at must be 'last' or 'every', got {readout_at!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        self.layers, self.readout, self.embedding = layers, readout, embedding
+        self.readout_at, self.loss_name = readout_at, loss
+        self.dtype = layers[0].dtype
+        for name, part in self._parts():
+            if part.dtype != self.dtype:
+                raise TypeError(f"{name} has dtype {part.dtype} but layer0 has {self.dtype}")
+        embed_dim = embedding.dim if embedding is not None else 0
+        self.n_features = layers[0].input_size - embed_dim
+        if self.n_features < 0:
+            raise ValueError(f"layer0.input_size ({layers[0].input_size}) is smaller than "
+                             f"embedding.dim ({embed_dim})")
+        for i in range(1, len(layers)):
+            if layers[i].input_size != layers[i - 1].hidden_size:
+                raise ValueError(f"layer{i}.input_size ({layers[i].input_size}) must equal "
+                                 f"layer{i - 1}.hidden_size ({layers[i - 1].hidden_size})")
+        if readout.input_size != layers[-1].hidden_size:
+            raise ValueError(f"readout.input_size ({readout.input_size}) must equal the top "
+                             f"layer's hidden_size ({layers[-1].hidden_size})")
+        if backend is not None:
+            self.backend = backend
+
+    # ------------------------------------------------------------------ parameters
+    def _parts(self):
+        parts = [(f"layer{i}", layer) for i, layer in enumerate(self.layers)]
+        parts.append(("readout", self.readout))
+        if self.embedding is not None:
+            parts.append(("embedding", self.embedding))
+        return parts
+
+    @property
+    def params(self):
+        """Flat dict ``"<part>.<name>" -> array`` of every parameter (the parts' own arrays)."""
+        return {f"{part}.{name}": value for part, obj in self._parts()
+                for name, value in obj.params.items()}
+
+    @property
+    def frozen(self):
+        """Names of the parameters the optimizer leaves alone."""
+        return {f"layer{i}.{name}" for i, layer in enumerate(self.layers) for name in layer.frozen}
+
+    @property
+    def bounds(self):
+        """``name -> (low, high)`` that the optimizer clips parameters to (tau, r_on)."""
+        return {f"layer{i}.{name}": b for i, layer in enumerate(self.layers)
+                for name, b in layer.bounds.items()}
+
+    @property
+    def backend(self):
+        """The layers' backend ('numpy', 'numba' or 'cuda')."""
+        names = {layer.backend for layer in self.layers}
+        return names.pop() if len(names) == 1 else sorted(names)
+
+    @backend.setter
+    def backend(self, name):
+        check_backend(name)
+        for layer in self.layers:
+            layer.backend = name
+
+    @property
+    def output_size(self):
+        """Number of outputs of the read-out."""
+        return self.readout.output_size
+
+    def initial_state(self, batch_size, *, rng=None, scale=0.0):
+        """A list of ``(h0, c0)`` per layer: zeros, or ``N(0, scale)`` when ``scale > 0``."""
+        rng = as_rng(rng)
+        return [tuple(rng.normal(0.0, scale, (batch_size, layer.hidden_size)).astype(self.dtype)
+                      if scale > 0 else np.zeros((batch_size, layer.hidden_size), self.dtype)
+                      for _ in range(2)) for layer in self.layers]
+
+    # ------------------------------------------------------------------ running
+    def _check_inputs(self, x, t, lengths, tokens):
+        if self.embedding is None and tokens is not None:
+            raise ValueError("tokens given but the network has no embedding")
+        if self.embedding is not None and tokens is None:
+            raise ValueError("tokens are required: the network starts with an embedding")
+        if self.n_features == 0:
+            if x is not None:
+                raise ValueError("x must be None: the network takes no input features")
+            B, T = np.shape(tokens)[:2] if tokens is not None else np.shape(t)
+            t = check_timestamps(t, B, T)
+            lengths = check_lengths(lengths, B, T)
+            valid = np.arange(T)[None, :] < lengths[:, None]
+            check_finite(t, "t", valid)
+        else:
+            if x is None:
+                raise ValueError(f"x is required: the network takes {self.n_features} input features")
+            x, t, lengths = check_sequence_inputs(x, t, lengths, input_size=self.n_features,
+                                                  dtype=self.dtype)
+            B, T = t.shape
+            valid = np.arange(T)[None, :] < lengths[:, None]
+        if self.readout_at == "last" and B and lengths.min() < 1:
+            raise ValueError("lengths must be >= 1 for a read-out at the last valid step")
+        if tokens is not None:
+            tokens = check_array(tokens, "tokens", shape=(B, T), kind="iu")
+            bad = valid & ((tokens < 0) | (tokens >= self.embedding.num_embeddings))
+            if bad.any():
+                idx = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise ValueError(f"tokens must lie in [0, {self.embedding.num_embeddings}), "
+                                 f"got {tokens[idx]} at index {idx}")
+            tokens = np.where(valid, tokens, 0)  # padding may hold anything
+        return x, t, lengths, tokens
+
+    def _check_states(self, state, B):
+        if state is None:
+            state = [None] * len(self.layers)
+        if not isinstance(state, (list, tuple)) or len(state) != len(self.layers):
+            raise ValueError(f"state must be a list of {len(self.layers)} (h0, c0) tuples or None")
+        return [check_state(s, B, layer.hidden_size, self.dtype, name=f"state[{i}]")
+                for i, (s, layer) in enumerate(zip(state, self.layers))]
+
+    def forward(self, x, t, lengths=None, tokens=None, state=None, training=True):
+        """Run the network.
+
+        Parameters
+        ----------
+        x : ndarray (B, T, n_features) or None
+            Input features (None when the network reads only tokens).
+        t : ndarray (B, T) float64
+        lengths : int ndarray (B,), optional
+        tokens : int ndarray (B, T), optional
+            Event addresses, required when the network has an embedding.
+        state : list of (h0, c0), optional
+            Initial state of every layer (zeros by default).
+        training : bool
+            Leak alpha in the closed phase (True) or 0 (evaluation).
+
+        Returns
+        -------
+        out : ndarray (B, C) or (B, T, C)
+            Read-out at the last valid step, or at every step.
+        states : list of (h_T, c_T)
+            Final state of every layer.
+        cache : dict
+            For :meth:`backward`; ``cache["updates"]`` lists each layer's computed updates.
+        """
+        x, t, lengths, tokens = self._check_inputs(x, t, lengths, tokens)
+        B, T = t.shape
+        states_in = self._check_states(state, B)
+        inp = x
+        if self.embedding is not None:
+            emb = self.embedding.forward(tokens)
+            inp = emb if x is None else np.concatenate([emb, x], axis=2)
+        layer_caches, states = [], []
+        for layer, (h0, c0) in zip(self.layers, states_in):
+            inp, state_out, layer_cache = layer._forward(inp, t, lengths, h0, c0, training)
+            layer_caches.append(layer_cache)
+            states.append(state_out)
+        top = inp
+        if self.readout_at == "last":
+            top = top[np.arange(B), lengths - 1]
+        out = self.readout.forward(top)
+        cache = dict(layer_caches=layer_caches, top=top, tokens=tokens, lengths=lengths, T=T,
+                     updates=[c["updates"] for c in layer_caches])
+        return out, states, cache
+
+    def backward(self, dout, cache, dstates=None):
+        """Gradients of every parameter, of ``x`` and of the initial states.
+
+        Parameters
+        ----------
+        dout : ndarray, shaped like the forward's ``out``
+        cache : dict
+            From :meth:`forward`.
+        dstates : list of (dh_T, dc_T), optional
+            Gradients with respect to the final states (when they feed a later chunk).
+
+        Returns
+        -------
+        dict
+            The keys of :attr:`params`, plus ``"x"`` (when the network takes features) and
+            ``"layer{i}.h0"``, ``"layer{i}.c0"``.
+        """
+        grads = {}
+        readout_grads, dtop = self.readout.backward(dout, cache["top"])
+        grads.update({f"readout.{k}": v for k, v in readout_grads.items()})
+        lengths, T = cache["lengths"], cache["T"]
+        B = len(lengths)
+        if self.readout_at == "last":
+            dh = np.zeros((B, T, self.layers[-1].hidden_size), self.dtype)
+            dh[np.arange(B), lengths - 1] = dtop
+        else:
+            dh = dtop
+        dstates = [None] * len(self.layers) if dstates is None else dstates
+        for i in reversed(range(len(self.layers))):
+            layer_grads = self.layers[i].backward(dh, cache["layer_caches"][i], dstates[i])
+            dh = layer_grads.pop("x")
+            grads[f"layer{i}.h0"] = layer_grads.pop("h0")
+            grads[f"layer{i}.c0"] = layer_grads.pop("c0")
+            grads.update({f"layer{i}.{k}": v for k, v in layer_grads.items()})
+        if self.embedding is not None:
+            dim = self.embedding.dim
+            embed_grads = self.embedding.backward(dh[:, :, :dim], cache["tokens"])
+            grads.update({f"embedding.{k}": v for k, v in embed_grads.items()})
+            dh = dh[:, :, dim:]
+        if self.n_features:
+            grads["x"] = dh
+        return grads
+
+    # ------------------------------------------------------------------ losses
+    def _targets(self, y, lengths, T):
+        """Validate targets and return them with the mask of rows that count."""
+        B = len(lengths)
+        every = self.readout_at == "every"
+        C = self.output_size
+        if self.loss_name == "cross_entropy":
+            y = check_array(y, "y", shape=(B, T) if every else (B,), kind="iu")
+            mask = np.arange(T)[None, :] < lengths[:, None] if every else None
+            live = y if mask is None else y[mask]
+            if live.size and (live.min() < 0 or live.max() >= C):
+                raise ValueError(f"y must hold class labels in [0, {C}), got range "
+                                 f"[{live.min()}, {live.max()}]")
+            return (y if mask is None else np.where(mask, y, 0)), mask
+        y = check_array(y, "y", shape=(B, T, C) if every else (B, C), dtype=self.dtype)
+        mask = np.arange(T)[None, :] < lengths[:, None] if every else None
+        check_finite(y, "y", None if mask is None else mask[:, :, None])
+        return (y if mask is None else np.where(mask[:, :, None], y, 0)), mask
+
+    def loss_and_grads(self, batch, *, state=None, training=True, need_grads=True):
+        """Loss of a batch and the gradients of every parameter.
+
+        Parameters
+        ----------
+        batch : Dataset
+            ``x``, ``t``, ``y``, ``lengths``, ``tokens``.
+        state : list of (h0, c0), optional
+        training : bool
+        need_grads : bool
+            Skip the backward pass (and return ``None`` for the gradients).
+
+        Returns
+        -------
+        loss : float
+        grads : dict or None
+            As :meth:`backward` returns.
+        """
+        out, _, cache = self.forward(batch.x, batch.t, batch.lengths, batch.tokens, state,
+                                     training)
+        y, mask = self._targets(batch.y, cache["lengths"], cache["T"])
+        loss, dout = LOSSES[self.loss_name](out, y, mask)
+        return loss, (self.backward(dout, cache) if need_grads else None)
+
+    def predict(self, batch, *, state=None):
+        """Outputs at evaluation (alpha = 0) for a :class:`Dataset` batch."""
+        return self.forward(batch.x, batch.t, batch.lengths, batch.tokens, state,
+                            training=False)[0]
+
+    def evaluate(self, data, *, batch_size=256):
+        """Loss, accuracy (classification) and compute spent, at evaluation (alpha = 0).
+
+        Parameters
+        ----------
+        data : Dataset
+        batch_size : int
+
+        Returns
+        -------
+        dict
+            ``loss``; ``accuracy`` (cross-entropy networks); ``updates_per_neuron``: the mean
+            number of neuron updates computed per neuron and per sequence, for each layer;
+            ``dense_updates_per_neuron``: the same for a dense computation (valid steps).
+        """
+        total, correct, count, n = 0.0, 0, 0, 0
+        updates = np.zeros(len(self.layers))
+        for batch in data.batches(batch_size, shuffle=False):
+            out, _, cache = self.forward(batch.x, batch.t, batch.lengths, batch.tokens,
+                                         training=False)
+            y, mask = self._targets(batch.y, cache["lengths"], cache["T"])
+            loss, _ = LOSSES[self.loss_name](out, y, mask)
+            rows = len(batch) if mask is None else int(mask.sum())
+            total += loss * rows
+            count += rows
+            n += len(batch)
+            updates += cache["updates"]
+            if self.loss_name == "cross_entropy":
+                hit = out.argmax(-1) == y
+                correct += int(hit.sum() if mask is None else hit[mask].sum())
+        result = {"loss": total / max(count, 1)}
+        if self.loss_name == "cross_entropy":
+            result["accuracy"] = correct / max(count, 1)
+        hidden = np.array([layer.hidden_size for layer in self.layers])
+        result["updates_per_neuron"] = (updates / hidden / max(n, 1)).tolist()
+        result["dense_updates_per_neuron"] = float(data.steps.mean()) if n else 0.0
+        return result
+
+    def min_kink_distance(self, batch):
+        """Smallest phase distance of any valid (sample, step, neuron) from a gate kink."""
+        steps = batch.steps
+        valid = np.arange(batch.t.shape[1])[None, :] < steps[:, None]
+        times = batch.t[valid][:, None]
+        dists = [kink_distance(times, p["tau"], p["s"], p["r_on"]).min()
+                 for p in (layer.params for layer in self.layers if not layer.gate_open)
+                 if times.size]
+        return float(min(dists, default=np.inf))
+
+    # ------------------------------------------------------------------ saving
+    def config(self):
+        """The architecture and hyper-parameters as a JSON-serialisable dict."""
+        return dict(
+            layers=[layer.config() for layer in self.layers], readout=self.readout.config(),
+            embedding=None if self.embedding is None else self.embedding.config(),
+            readout_at=self.readout_at, loss=self.loss_name,
+        )
+
+    def save(self, path, *, optimizer=None, metadata=None, overwrite=False):
+        """Save to ``path`` (.npz + JSON metadata); see :func:`plstm_np.save`."""
+        from .io import save
+
+        save(path, self, optimizer=optimizer, metadata=metadata, overwrite=overwrite)
+
+    def __repr__(self):
+        parts = ", ".join(repr(layer) for layer in self.layers)
+        return f"Network([{parts}], readout={self.readout.output_size}, readout_at={self.readout_at!r})"

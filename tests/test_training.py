@@ -1,0 +1,67 @@
+"""A short seeded training run lowers the loss; the loop's checkpoints, log and stopping work."""
+import json
+
+import numpy as np
+import pytest
+
+import plstm_np as pl
+
+
+def sine_data(n, rng, T=40):
+    """Frequency-discrimination style data made here: class 1 iff the period is in (5, 6) ms,
+    sampled at sorted random times in [0, 40] ms, with random lengths."""
+    label = rng.integers(0, 2, n)
+    period = np.where(label == 1, rng.uniform(5, 6, n),
+                      np.where(rng.random(n) < 0.5, rng.uniform(1, 5, n), rng.uniform(6, 20, n)))
+    t = np.sort(rng.uniform(0, 40, (n, T)), axis=1)
+    x = np.sin(2 * np.pi * t / period[:, None] + rng.uniform(0, 2 * np.pi, (n, 1)))[:, :, None]
+    lengths = rng.integers(T // 2, T + 1, n)
+    return pl.Dataset(x, t, label.astype(np.int64), lengths)
+
+
+def make_net(rng, r_on=0.3):
+    return pl.Network([pl.PhasedLSTM(1, 16, tau_exp_range=(0, 3), r_on=r_on, rng=rng)],
+                      pl.Dense(16, 2, rng=rng))
+
+
+def test_training_lowers_the_loss():
+    rng = np.random.default_rng(0)
+    data, val = sine_data(1024, rng), sine_data(256, rng)
+    net = make_net(rng)
+    before = net.evaluate(val)["loss"]
+    history = pl.train(net, pl.Adam(net, lr=0.01), data, val, epochs=15, batch_size=32,
+                       rng=1, progress=False)  # 480 steps
+    assert len(history) == 15 and all(np.isfinite(r["train_loss"]) for r in history)
+    after = history[-1]["val_loss"]
+    assert after < before - 0.1, (before, after)
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.15
+    assert history[-1]["val_accuracy"] > 0.65
+    assert np.all(net.params["layer0.tau"] > 0)
+
+
+def test_checkpoint_log_and_early_stopping(tmp_path):
+    rng = np.random.default_rng(1)
+    data = sine_data(64, rng, T=10)
+    net = make_net(rng)
+    opt = pl.Adam(net, lr=1e-9)  # learns nothing: early stopping must trigger
+    ckpt, log = tmp_path / "best.npz", tmp_path / "log.json"
+    history = pl.train(net, opt, data, data[:16], epochs=20, batch_size=16, rng=0,
+                       patience=2, min_delta=1e-3, checkpoint=ckpt, log_path=log, progress=False)
+    assert len(history) == 3  # epoch 1 sets the best; two epochs without a 1e-3 gain stop
+    assert json.loads(log.read_text()) == json.loads(json.dumps(history))
+    _, opt2, meta = pl.load_checkpoint(ckpt)
+    assert meta["epoch"] == 1 and opt2.step_count == 4  # 64 samples / 16 per batch
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        pl.train(net, opt, data, epochs=1, checkpoint=ckpt, progress=False)
+
+
+def test_max_batches_and_non_finite_loss():
+    rng = np.random.default_rng(2)
+    data = sine_data(64, rng, T=8)
+    net = make_net(rng)
+    opt = pl.Adam(net)
+    pl.train(net, opt, data, epochs=2, batch_size=8, max_batches=3, progress=False)
+    assert opt.step_count == 6
+    net.params["readout.W"][0, 0] = np.inf
+    with pytest.raises(FloatingPointError, match="epoch 1, batch 0"):
+        pl.train(net, opt, data, epochs=1, progress=False)

@@ -1,0 +1,135 @@
+"""Bad input raises a clear ValueError/TypeError naming the argument; nothing is cast silently."""
+import numpy as np
+import pytest
+
+import plstm_np as pl
+from conftest import make_batch, make_network
+
+
+@pytest.fixture
+def layer():
+    return pl.PhasedLSTM(2, 3, rng=0)
+
+
+@pytest.fixture
+def good():
+    return np.zeros((2, 4, 2)), np.tile(np.arange(4.0), (2, 1))
+
+
+@pytest.mark.parametrize("x, error, match", [
+    (np.zeros((2, 4)), ValueError, "x must have 3 dimensions"),
+    (np.zeros((2, 4, 5)), ValueError, r"x must have shape \(B, T, 2\)"),
+    (np.zeros((2, 4, 2), np.float32), TypeError, "x must have dtype float64"),
+    (np.zeros((2, 4, 2), np.int64), TypeError, "x must have dtype float64"),
+    ([[[0.0, 0.0]]], TypeError, "x must be a numpy.ndarray"),
+])
+def test_bad_x(layer, good, x, error, match):
+    with pytest.raises(error, match=match):
+        layer.forward(x, good[1])
+
+
+@pytest.mark.parametrize("t, error, match", [
+    (np.zeros((2, 5)), ValueError, r"t must have shape \(2, 4\)"),
+    (np.zeros(4), ValueError, "t must have shape"),
+    (np.zeros((2, 4), np.float32), TypeError, "t must have dtype float64"),
+    (np.zeros((2, 4), np.int64), TypeError, "t must have dtype float64"),
+])
+def test_bad_t(layer, good, t, error, match):
+    with pytest.raises(error, match=match):
+        layer.forward(good[0], t)
+
+
+def test_non_finite_values_are_located(layer, good):
+    x, t = good[0].copy(), good[1].copy()
+    x[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match=r"x has a non-finite value nan at index \(1, 2, 0\)"):
+        layer.forward(x, t)
+    x, t = good[0], good[1].copy()
+    t[0, 3] = np.inf
+    with pytest.raises(ValueError, match=r"t has a non-finite value inf at index \(0, 3\)"):
+        layer.forward(x, t)
+    # ... but padding beyond lengths may hold anything
+    layer.forward(x, t, lengths=np.array([3, 4]))
+
+
+@pytest.mark.parametrize("lengths, error, match", [
+    (np.array([4, 5]), ValueError, r"lengths must lie in \[0, 4\].*lengths\[1\] = 5"),
+    (np.array([-1, 2]), ValueError, r"lengths\[0\] = -1"),
+    (np.array([4]), ValueError, r"lengths must have shape \(2\)"),
+    (np.array([4.0, 4.0]), TypeError, "lengths must have an integer dtype"),
+    ([4, 4], TypeError, "lengths must be a numpy.ndarray"),
+])
+def test_bad_lengths(layer, good, lengths, error, match):
+    with pytest.raises(error, match=match):
+        layer.forward(*good, lengths=lengths)
+
+
+def test_bad_state(layer, good):
+    with pytest.raises(ValueError, match=r"state\[0\] \(h0\) must have shape \(2, 3\)"):
+        layer.forward(*good, state=(np.zeros((2, 4)), np.zeros((2, 3))))
+    with pytest.raises(TypeError, match=r"state\[1\] \(c0\) must have dtype float64"):
+        layer.forward(*good, state=(np.zeros((2, 3)), np.zeros((2, 3), np.float32)))
+    with pytest.raises(TypeError, match="state must be a tuple"):
+        layer.forward(*good, state=np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(tau=np.array([1.0, 0.0, 2.0])), ValueError, "tau must be finite and > 0"),
+    (dict(tau=-1.0), ValueError, "tau must be finite and > 0"),
+    (dict(r_on=0.0), ValueError, r"r_on must lie in \(0, 1\]"),
+    (dict(r_on=1.5), ValueError, r"r_on must lie in \(0, 1\]"),
+    (dict(r_on=np.array([0.1, 0.2])), ValueError, r"r_on must be a scalar or have shape \(3,\)"),
+    (dict(leak=-0.1), ValueError, "leak"),
+    (dict(dtype=np.int32), TypeError, "dtype must be float32 or float64"),
+    (dict(backend="torch"), ValueError, "backend must be one of"),
+    (dict(tau_exp_range=(3, 0)), ValueError, "tau_exp_range"),
+])
+def test_bad_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        pl.PhasedLSTM(2, 3, rng=0, **kwargs)
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True])
+def test_bad_sizes(size):
+    with pytest.raises((ValueError, TypeError), match="hidden_size"):
+        pl.PhasedLSTM(2, size)
+
+
+def test_network_structure_errors():
+    a, b = pl.PhasedLSTM(2, 3, rng=0), pl.PhasedLSTM(4, 3, rng=0)
+    with pytest.raises(ValueError, match=r"layer1.input_size \(4\) must equal layer0.hidden_size \(3\)"):
+        pl.Network([a, b], pl.Dense(3, 2))
+    with pytest.raises(ValueError, match="readout.input_size"):
+        pl.Network([a], pl.Dense(5, 2))
+    with pytest.raises(TypeError, match="dtype"):
+        pl.Network([a], pl.Dense(3, 2, dtype=np.float32))
+    with pytest.raises(ValueError, match="readout_at"):
+        pl.Network([a], pl.Dense(3, 2), readout_at="first")
+    with pytest.raises(ValueError, match="loss"):
+        pl.Network([a], pl.Dense(3, 2), loss="hinge")
+
+
+def test_network_input_errors(rng):
+    net = make_network(rng)
+    batch = make_batch(net, rng)
+    with pytest.raises(ValueError, match="tokens are required"):
+        net.forward(batch.x, batch.t, batch.lengths)
+    bad_tokens = batch.tokens.copy()
+    bad_tokens[0, 0] = 7
+    with pytest.raises(ValueError, match=r"tokens must lie in \[0, 7\).*\(0, 0\)"):
+        net.forward(batch.x, batch.t, batch.lengths, bad_tokens)
+    with pytest.raises(ValueError, match="lengths must be >= 1"):
+        net.forward(batch.x, batch.t, np.zeros(3, np.int64), batch.tokens)
+    with pytest.raises(ValueError, match=r"y must hold class labels in \[0, 2\)"):
+        net.loss_and_grads(batch.replace(y=np.array([0, 1, 2])))
+    with pytest.raises(ValueError, match=r"y must have shape \(3\)"):
+        net.loss_and_grads(batch.replace(y=np.zeros((3, 5), np.int64)))
+    with pytest.raises(ValueError, match="state must be a list of 2"):
+        net.forward(batch.x, batch.t, batch.lengths, batch.tokens, state=[None])
+
+
+def test_mse_targets_must_match_dtype(rng):
+    net = make_network(rng, loss="mse")
+    batch = make_batch(net, rng)
+    with pytest.raises(TypeError, match="y must have dtype float64"):
+        net.loss_and_grads(batch.replace(y=batch.y.astype(np.float32)))
