@@ -18,6 +18,8 @@ from .layers import LSTM, PhasedLSTM
 from .losses import mean_squared_error, softmax_cross_entropy
 from .network import Dense, Embedding, Network
 from .optim import Adam, clip_grad_norm
+from . import mnist, nmnist, tasks
+from .tasks import TASKS, train_val_split
 from .training import train
 from .time_gate import kink_distance, phase, time_gate, time_gate_with_grads
 
