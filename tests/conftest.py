@@ -1,9 +1,14 @@
 """Shared builders of random problems: every parameter randomised, times kept off the kinks."""
-import numpy as np
-import pytest
+import os
 
-import plstm_np as pl
-from plstm_np.time_gate import kink_distance
+# The tests multiply tiny matrices: BLAS threads only contend on a 2-core machine.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import plstm_np as pl  # noqa: E402
+from plstm_np.time_gate import kink_distance  # noqa: E402
 
 
 def randomize(model, rng, scale=0.7, r_on_range=(0.2, 0.9)):
