@@ -12,6 +12,13 @@ before the first call of a backend.
 - ``NUM_THREADS`` (``PLSTM_NP_NUM_THREADS``, default: Numba's own): threads for those loops.
 - ``CUDA_THREADS_PER_BLOCK`` (``PLSTM_NP_CUDA_TPB``, default 128): block size of the GPU
   kernels; the simulator tests patch it small so tiny problems span several blocks.
+  The forward and backward use one block per sample, its threads sharing the neurons.
+- ``CUDA_STREAM_THREADS_PER_BLOCK`` (``PLSTM_NP_CUDA_STREAM_TPB``, default 32): block size
+  of batched streaming inference (one warp per event stream).
+- ``CUDA_TILE`` (``PLSTM_NP_CUDA_TILE``, default 16): tile edge of the GPU weight-gradient
+  product (blocks of CUDA_TILE x CUDA_TILE threads).
+- ``CUDA_GEMM_TARGET_BLOCKS`` (``PLSTM_NP_CUDA_GEMM_BLOCKS``, default 1024): about how many
+  blocks that product is split into over the (sample, step) rows.
 """
 import os
 
@@ -33,3 +40,6 @@ NUMBA_FASTMATH = _flag("PLSTM_NP_FASTMATH", False)
 NUMBA_PARALLEL = _flag("PLSTM_NP_PARALLEL", True)
 NUM_THREADS = _int("PLSTM_NP_NUM_THREADS", None)
 CUDA_THREADS_PER_BLOCK = _int("PLSTM_NP_CUDA_TPB", 128)
+CUDA_STREAM_THREADS_PER_BLOCK = _int("PLSTM_NP_CUDA_STREAM_TPB", 32)
+CUDA_TILE = _int("PLSTM_NP_CUDA_TILE", 16)
+CUDA_GEMM_TARGET_BLOCKS = _int("PLSTM_NP_CUDA_GEMM_BLOCKS", 1024)

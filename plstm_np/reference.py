@@ -148,7 +148,6 @@ def layer_backward(dh_seq, dstate, cache):
 
     dZ = np.empty((B, T, 4 * H), dtype)  # gradient of the gate pre-activations z_j
     dk = np.empty((B, T, H), dtype)  # gradient of the time gate openness k_j
-    dWh = np.zeros_like(Wh)
     dw_ci, dw_cf, dw_co = np.zeros(H, dtype), np.zeros(H, dtype), np.zeros(H, dtype)
     if dstate is None:
         dh, dc = np.zeros((B, H), dtype), np.zeros((B, H), dtype)
@@ -181,14 +180,13 @@ def layer_backward(dh_seq, dstate, cache):
         dw_cf += (daf * cp).sum(0)
         dz = np.concatenate([dai, daf, dzg, dao], axis=1)
         dZ[:, j] = dz
-        dWh += hp.T @ dz
-        dh = dhp + dz @ Wh.T
+        dh = dhp + dz @ Wh.T  # the one recurrent product per step
         dc = dcp
 
-    dZ2 = dZ.reshape(B * T, 4 * H)
+    dZ2 = dZ.reshape(B * T, 4 * H)  # weight gradients: one product over all steps
     grads = {
         "Wx": x.reshape(B * T, D).T @ dZ2,
-        "Wh": dWh,
+        "Wh": h_prev.reshape(B * T, H).T @ dZ2,
         "b": dZ2.sum(0),
         "w_ci": dw_ci,
         "w_cf": dw_cf,
