@@ -55,6 +55,7 @@ def test_checkpoint_log_and_early_stopping(tmp_path):
         pl.train(net, opt, data, epochs=1, checkpoint=ckpt, progress=False)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the inf weight below, on purpose
 def test_max_batches_and_non_finite_loss():
     rng = np.random.default_rng(2)
     data = sine_data(64, rng, T=8)
