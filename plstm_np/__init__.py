@@ -24,3 +24,14 @@ from .training import train
 from .time_gate import kink_distance, phase, time_gate, time_gate_with_grads
 
 __version__ = "0.1.0"
+
+_LAZY = {"CudaTrainer": "cuda_training", "CudaStreamer": "cuda_training"}
+
+
+def __getattr__(name):
+    """Import the GPU classes on first use, so that ``import plstm_np`` loads no Numba."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
