@@ -25,11 +25,11 @@ from .time_gate import kink_distance, phase, time_gate, time_gate_with_grads
 
 __version__ = "0.1.0"
 
-_LAZY = {"CudaTrainer": "cuda_training", "CudaStreamer": "cuda_training"}
+_LAZY = {"CudaTrainer": "cuda_training", "CudaStreamer": "cuda_training", "Stream": "streaming"}
 
 
 def __getattr__(name):
-    """Import the GPU classes on first use, so that ``import plstm_np`` loads no Numba."""
+    """Import the Numba-backed classes on first use, so that ``import plstm_np`` loads no Numba."""
     if name in _LAZY:
         import importlib
 

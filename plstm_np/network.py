@@ -440,6 +440,12 @@ class Network:
                  if times.size]
         return float(min(dists, default=np.inf))
 
+    def stream(self, batch=1):
+        """A :class:`plstm_np.Stream` for event-by-event evaluation of ``batch`` streams."""
+        from .streaming import Stream
+
+        return Stream(self, batch)
+
     # ------------------------------------------------------------------ saving
     def config(self):
         """The architecture and hyper-parameters as a JSON-serialisable dict."""

@@ -3,6 +3,7 @@
 The CPU kernels wrap these with ``numba.njit`` and the GPU kernels with
 ``numba.cuda.jit(device=True)``; they are also plain Python functions, so tests can compare
 them with the vectorised reference (:mod:`plstm_np.time_gate`). Only ``math`` is used.
+Helpers that call other helpers are re-bound by each backend to the compiled versions.
 """
 import math
 
@@ -17,10 +18,9 @@ def sigmoid(a):
 
 def phase(t, tau, s):
     """``((t - s) mod tau) / tau`` in [0, 1), floor-mod semantics (float64 arguments)."""
-    m = math.fmod(t - s, tau)  # exact; the same steps as numpy.mod, so results agree bitwise
-    if m < 0.0:
-        m += tau
-    phi = m / tau
+    # float % is fmod plus numpy.mod's sign fix-up, in Python, Numba and CUDA alike, so the
+    # result is bitwise equal to plstm_np.time_gate.phase
+    phi = ((t - s) % tau) / tau
     if phi >= 1.0:  # a tiny negative remainder rounds up to tau: that is phase 0
         phi = 0.0
     return phi

@@ -1,0 +1,311 @@
+"""CPU benchmark: NumPy reference, Numba backend and (when installed) PyTorch, side by side.
+
+One run times, on the same shapes and data:
+
+- training (forward + BPTT + Adam) of a 1-110-2 Phased LSTM, B = 32, T = 125, float32,
+  alpha = 1e-3: NumPy reference, Numba backend, a PyTorch autograd Phased LSTM written the
+  usual way (a Python loop over time steps);
+- streaming inference, batch 1, 41-110-10 (N-MNIST shape: 40-d address embedding + polarity),
+  alpha = 0, float32, packets of events: Numba :class:`plstm_np.streaming.Stream`, and
+  torch's fused ``nn.LSTM`` (+ Linear) on the same events and packets;
+- evaluation throughput of the Numba kernel against r_on (skipping pays);
+- the peak memory (tracemalloc) of one training step and what BPTT stores.
+
+PyTorch is optional and never a dependency: its rows are skipped when it is absent.
+Writes ``benchmarks/results/bench_cpu.json`` and ``bench_cpu.png``. Usage::
+
+    python benchmarks/bench_cpu.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+import plstm_np as pl
+from plstm_np.optim import Adam
+from plstm_np.streaming import Stream
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def best_time(fn, repeats, warmup=1):
+    """Smallest wall time of ``repeats`` calls (after ``warmup`` calls): least disturbed by
+    other load on the machine."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), float(np.median(times))
+
+
+# ---------------------------------------------------------------------------- problems
+def training_problem(rng, B=32, T=125, H=110, dtype=np.float32):
+    x = rng.normal(size=(B, T, 1)).astype(dtype)
+    t = np.sort(rng.uniform(0.0, 60.0, (B, T)), axis=1)  # ms; tau = exp(U(0, 3)) ms
+    y = rng.integers(0, 2, B)
+    return pl.Dataset(x, t, y)
+
+
+def make_train_net(backend, H=110, dtype=np.float32):
+    layer = pl.PhasedLSTM(1, H, dtype=dtype, backend=backend, rng=0, leak=1e-3)
+    return pl.Network([layer], pl.Dense(H, 2, dtype=dtype, rng=1))
+
+
+def events_problem(rng, n_events, n_tokens=2 * 34 * 34, duration_ms=300.0):
+    t = np.sort(rng.uniform(0.0, duration_ms, n_events))
+    tokens = rng.integers(0, n_tokens, n_events)
+    polarity = rng.integers(0, 2, (n_events, 1)).astype(np.float32) * 2 - 1
+    return t, tokens, polarity
+
+
+def make_stream_net(r_on, H=110, n_tokens=2 * 34 * 34, dtype=np.float32):
+    emb = pl.Embedding(n_tokens, 40, dtype=dtype, rng=2)
+    layer = pl.PhasedLSTM(41, H, r_on=r_on, tau_exp_range=(0.0, 3.0), dtype=dtype,
+                          backend="numba", rng=3)
+    return pl.Network([layer], pl.Dense(H, 10, dtype=dtype, rng=4), embedding=emb)
+
+
+# ---------------------------------------------------------------------------- torch
+def torch_rows(data, events, packet, threads):
+    """PyTorch comparison rows, or None when torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    nn = torch.nn
+
+    class TorchPhasedLSTM(nn.Module):
+        """A Phased LSTM cell in PyTorch autograd, written the usual way."""
+
+        def __init__(self, D, H):
+            super().__init__()
+            self.H = H
+            self.Wx = nn.Parameter(torch.randn(D, 4 * H) * 0.1)
+            self.Wh = nn.Parameter(torch.randn(H, 4 * H) * 0.1)
+            self.b = nn.Parameter(torch.zeros(4 * H))
+            self.w_ci = nn.Parameter(torch.randn(H) * 0.1)
+            self.w_cf = nn.Parameter(torch.randn(H) * 0.1)
+            self.w_co = nn.Parameter(torch.randn(H) * 0.1)
+            tau = torch.exp(torch.rand(H) * 3)
+            self.tau = nn.Parameter(tau)
+            self.s = nn.Parameter(torch.rand(H) * tau)
+            self.r_on = 0.05
+            self.leak = 1e-3
+            self.readout = nn.Linear(H, 2)
+
+        def forward(self, x, t):
+            B, T, _ = x.shape
+            h = x.new_zeros(B, self.H)
+            c = x.new_zeros(B, self.H)
+            zx = x @ self.Wx + self.b
+            for j in range(T):
+                z = zx[:, j] + h @ self.Wh
+                zi, zf, zg, zo = z.chunk(4, dim=1)
+                i = torch.sigmoid(zi + self.w_ci * c)
+                f = torch.sigmoid(zf + self.w_cf * c)
+                ct = f * c + i * torch.tanh(zg)
+                o = torch.sigmoid(zo + self.w_co * ct)
+                ht = o * torch.tanh(ct)
+                tj = t[:, j:j + 1]
+                phi = torch.remainder(tj - self.s.double(), self.tau.double()) / self.tau.double()
+                r = self.r_on
+                k = torch.where(phi < r / 2, 2 * phi / r,
+                                torch.where(phi < r, 2 - 2 * phi / r, self.leak * phi)).float()
+                c = k * ct + (1 - k) * c
+                h = k * ht + (1 - k) * h
+            return self.readout(h)
+
+    torch.manual_seed(0)
+    model = TorchPhasedLSTM(1, 110)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.from_numpy(data.x)
+    t = torch.from_numpy(data.t)
+    y = torch.from_numpy(data.y)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def train_step():
+        opt.zero_grad()
+        loss = loss_fn(model(x, t), y)
+        loss.backward()
+        opt.step()
+
+    best, median = best_time(train_step, 3)
+    B, T = data.t.shape
+    rows = {"torch_autograd_plstm_train": dict(seconds=best, median_seconds=median,
+                                               sample_steps_per_s=B * T / best)}
+
+    t_ev, tokens, polarity = events
+    lstm = nn.LSTM(41, 110, batch_first=True)
+    linear = nn.Linear(110, 10)
+    emb = nn.Embedding(2 * 34 * 34, 40)
+    tok = torch.from_numpy(tokens)
+    pol = torch.from_numpy(polarity)
+
+    def stream_torch():
+        state = None
+        with torch.no_grad():
+            for lo in range(0, len(t_ev), packet):
+                inp = torch.cat([emb(tok[lo:lo + packet]), pol[lo:lo + packet]], 1)[None]
+                out, state = lstm(inp, state)
+                linear(out)
+
+    best, median = best_time(stream_torch, 3)
+    rows["torch_fused_lstm_stream"] = dict(seconds=best, median_seconds=median,
+                                           events_per_s=len(t_ev) / best, packet=packet)
+    rows["torch_version"] = torch.__version__
+    return rows
+
+
+# ---------------------------------------------------------------------------- main
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and events")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    repeats = 2 if args.quick else 5
+    rng = np.random.default_rng(0)
+    results = dict(machine=dict(cpu=platform.processor() or platform.machine(),
+                                cores=os.cpu_count(), load_average=os.getloadavg()),
+                   numba_threads=args.threads)
+    import numba
+
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+
+    # -- training ---------------------------------------------------------------------
+    data = training_problem(rng)
+    B, T = data.t.shape
+    train = {}
+    for backend in ("numpy", "numba"):
+        net = make_train_net(backend)
+        opt = Adam(net)
+
+        def step():
+            loss, grads = net.loss_and_grads(data)
+            opt.step({k: v for k, v in grads.items() if k in net.params})
+
+        best, median = best_time(step, 2 if backend == "numpy" else repeats)
+        train[backend] = dict(seconds=best, median_seconds=median, sample_steps_per_s=B * T / best)
+        tracemalloc.start()
+        step()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        train[backend]["peak_bytes"] = peak
+        print(f"train {backend:6s}: {B * T / best:12,.0f} sample-steps/s  (peak {peak / 2**20:.1f} MiB)")
+    # what BPTT keeps per layer, against a hand-written LSTM's i, f, g, o, c, tanh(c), h
+    net = make_train_net("numba")
+    _, _, cache = net.forward(data.x, data.t)
+    layer_cache = cache["layer_caches"][0]
+    stored = {k: v.nbytes for k, v in layer_cache.items()
+              if isinstance(v, np.ndarray) and v.ndim == 3 and k not in ("x",)}
+    H = 110
+    train["bptt_stored_bytes"] = stored
+    train["bptt_stored_total"] = int(sum(stored.values()))
+    train["hand_written_lstm_bytes"] = 7 * B * T * H * 4
+    results["training"] = train
+
+    # -- streaming --------------------------------------------------------------------
+    n_events = 20_000 if args.quick else 100_000
+    packet = 1000
+    events = events_problem(rng, n_events)
+    t_ev, tokens, polarity = events
+    stream_rows = {}
+    for r_on in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0):
+        net = make_stream_net(r_on)
+        stream = Stream(net)
+
+        def run_stream():
+            stream.reset()
+            for lo in range(0, n_events, packet):
+                stream.push(polarity[lo:lo + packet], t_ev[lo:lo + packet], tokens[lo:lo + packet])
+
+        best, median = best_time(run_stream, repeats)
+        stream_rows[str(r_on)] = dict(seconds=best, median_seconds=median,
+                                      events_per_s=n_events / best,
+                                      updates_per_neuron=stream.updates_per_neuron[0],
+                                      events=n_events)
+        print(f"stream r_on={r_on:<5}: {n_events / best:12,.0f} events/s "
+              f"({stream.updates_per_neuron[0] / n_events:.3f} of dense updates)")
+    # single-event pushes (Python overhead per call dominates)
+    net = make_stream_net(0.05)
+    stream = Stream(net)
+    m = 2000
+
+    def run_single():
+        stream.reset()
+        for j in range(m):
+            stream.push(polarity[j], float(t_ev[j]), int(tokens[j]))
+
+    best, _ = best_time(run_single, 2)
+    stream_rows["single_event_push_r_on_0.05"] = dict(events_per_s=m / best)
+    results["streaming"] = dict(packet=packet, by_r_on=stream_rows)
+
+    # -- evaluation kernel vs r_on (skipping pays) -------------------------------------
+    eval_rows = {}
+    for r_on in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0):
+        layer = pl.PhasedLSTM(1, 110, r_on=r_on, dtype=np.float32, backend="numba", rng=0)
+        best, median = best_time(lambda: layer.forward(data.x, data.t, training=False), repeats)
+        eval_rows[str(r_on)] = dict(seconds=best, sample_steps_per_s=B * T / best)
+    results["evaluation"] = eval_rows
+    ratio = eval_rows["0.05"]["seconds"] / eval_rows["1.0"]["seconds"]
+    results["evaluation_time_ratio_r_on_0.05_vs_1"] = ratio
+    print(f"evaluation time at r_on=0.05 / r_on=1: {ratio:.3f}")
+
+    # -- torch ------------------------------------------------------------------------
+    rows = torch_rows(data, events, packet, args.threads)
+    results["torch"] = rows
+    if rows is None:
+        print("torch not installed: its rows are skipped")
+    else:
+        tr = rows["torch_autograd_plstm_train"]["sample_steps_per_s"]
+        st = rows["torch_fused_lstm_stream"]["events_per_s"]
+        print(f"torch autograd PLSTM train: {tr:12,.0f} sample-steps/s "
+              f"(numba {train['numba']['sample_steps_per_s'] / tr:.1f}x)")
+        print(f"torch fused nn.LSTM stream: {st:12,.0f} events/s "
+              f"(numba {stream_rows['0.05']['events_per_s'] / st:.1f}x)")
+    results["machine"]["load_average_end"] = os.getloadavg()
+
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_cpu.json").write_text(json.dumps(results, indent=2))
+    plot(results)
+
+
+def plot(results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    r = [float(k) for k in results["evaluation"]]
+    axes[0].plot(r, [v["sample_steps_per_s"] for v in results["evaluation"].values()], "o-",
+                 label="numba evaluation, 1-110, B=32")
+    axes[0].set(xscale="log", yscale="log", xlabel="r_on", ylabel="sample-steps / s",
+                title="Evaluation (alpha = 0)")
+    by = {k: v for k, v in results["streaming"]["by_r_on"].items() if "events" in v}
+    axes[1].plot([float(k) for k in by], [v["events_per_s"] for v in by.values()], "o-",
+                 label="numba Stream, 41-110-10")
+    if results.get("torch"):
+        axes[1].axhline(results["torch"]["torch_fused_lstm_stream"]["events_per_s"], color="C1",
+                        ls="--", label="torch fused nn.LSTM")
+    axes[1].set(xscale="log", yscale="log", xlabel="r_on", ylabel="events / s",
+                title="Streaming, batch 1")
+    for ax in axes:
+        ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "bench_cpu.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Streaming inference: events in as they arrive, outputs out, state kept between calls.
+
+An event camera or a multi-rate sensor pipeline does not have the whole recording: it
+delivers events one at a time or in packets. :class:`Stream` keeps, for every stream of a
+batch of independent streams, the state ``(h, c)`` of every layer, the time of the last
+event and the closed-gate windows of the Numba kernel, and evaluates the network
+(``alpha = 0``, closed neurons skipped) on each packet. Pushing a recording in pieces gives
+the same outputs as :meth:`plstm_np.Network.forward` with ``training=False`` run on the
+whole recording::
+
+    stream = Stream(net)                     # batch=1
+    for x_event, t_event in sensor_events():
+        y = stream.push(x_event, t_event)    # read-out after this event
+    print(stream.updates_per_neuron)         # compute actually spent, per layer
+
+The stream snapshots the network's parameters when it is created (call :meth:`refresh`
+after changing them); it always runs on the Numba CPU kernels.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import numba_backend
+from .layers import PhasedLSTM
+from .network import Network
+from .validation import check_positive_int, check_sequence_inputs
+
+__all__ = ["Stream"]
+
+
+class Stream:
+    """Stateful event-by-event evaluation of a :class:`~plstm_np.Network` or a single layer.
+
+    Parameters
+    ----------
+    model : Network or PhasedLSTM (or LSTM)
+        What to run. For a bare layer, :meth:`push` returns the layer's hidden state.
+    batch : int
+        Number of independent streams (default 1).
+
+    Attributes
+    ----------
+    batch : int
+    states : list of (h, c)
+        Current state of every layer, each (batch, H).
+    last_time : ndarray (batch,)
+        Time of each stream's last event (NaN before the first).
+    events : ndarray (batch,) of int
+        Events seen per stream.
+    update_counts : list of ndarray (batch, H) of int
+        Neuron updates computed, per layer, stream and neuron.
+
+    Notes
+    -----
+    :meth:`push` accepts, for ``batch == 1``: one event (``t`` a scalar, ``x`` of shape
+    (n_features,), ``tokens`` a scalar) or a packet of n events (``t`` (n,), ``x``
+    (n, n_features), ``tokens`` (n,)); for any batch: one event per stream (``t`` (batch,),
+    ``x`` (batch, n_features), ``tokens`` (batch,)) or a packet per stream (``t``
+    (batch, n), ``x`` (batch, n, n_features), ``tokens`` (batch, n), optional ``lengths``
+    (batch,) when the streams' packets hold different numbers of events). It returns the
+    read-out after every pushed event, shaped like ``t`` plus a trailing axis of outputs.
+    """
+
+    def __init__(self, model, batch=1):
+        if isinstance(model, Network):
+            self.network = model
+            self.layers = list(model.layers)
+        elif isinstance(model, PhasedLSTM):
+            self.network = None
+            self.layers = [model]
+        else:
+            raise TypeError(f"model must be a Network or a PhasedLSTM/LSTM layer, got {type(model).__name__}")
+        self.batch = check_positive_int(batch, "batch")
+        self.dtype = self.layers[0].dtype
+        self.refresh()
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def refresh(self):
+        """Take a fresh snapshot of the model's parameters (after training it further)."""
+        self._prepared = [numba_backend.prepare_params(layer.params, layer.gate_open)
+                          for layer in self.layers]
+        if self.network is not None:
+            self._readout = (self.network.readout.params["W"].copy(),
+                             self.network.readout.params["b"].copy())
+            emb = self.network.embedding
+            self._embedding = None if emb is None else emb.params["E"].copy()
+
+    def reset(self):
+        """Forget every stream's state: zeros, no events seen, counts zero."""
+        B = self.batch
+        self.states = [(np.zeros((B, layer.hidden_size), self.dtype),
+                        np.zeros((B, layer.hidden_size), self.dtype)) for layer in self.layers]
+        self._windows = [numba_backend.empty_windows(B, layer.hidden_size) for layer in self.layers]
+        self.update_counts = [np.zeros((B, layer.hidden_size), np.int64) for layer in self.layers]
+        self.last_time = np.full(B, np.nan)
+        self.events = np.zeros(B, np.int64)
+
+    @property
+    def updates(self):
+        """Total neuron updates computed so far, per layer (list of int)."""
+        return [int(c.sum()) for c in self.update_counts]
+
+    @property
+    def updates_per_neuron(self):
+        """Mean updates computed per neuron and per stream, for each layer (list of float);
+        a dense computation would give :attr:`events`."""
+        return [float(c.mean()) for c in self.update_counts]
+
+    # ------------------------------------------------------------------ running
+    def _canonical(self, x, t, tokens, lengths):
+        """Inputs as (batch, n, ...) arrays, and how to shape the outputs back."""
+        B = self.batch
+        n_features = self.network.n_features if self.network is not None else self.layers[0].input_size
+        t_arr = np.asarray(t, dtype=np.float64) if isinstance(t, numbers.Real) else t
+        if not isinstance(t_arr, np.ndarray):
+            raise TypeError(f"t must be a float or a numpy.ndarray, got {type(t).__name__}")
+        if t_arr.dtype != np.float64:
+            raise TypeError(f"t must have dtype float64 (the phase needs float64 resolution), got {t_arr.dtype}")
+        if B == 1 and t_arr.ndim == 0:
+            expand, out_shape = (1, 1), ()
+        elif B == 1 and t_arr.ndim == 1:
+            expand, out_shape = (1, t_arr.shape[0]), (t_arr.shape[0],)
+        elif B > 1 and t_arr.ndim == 1:
+            if t_arr.shape[0] != B:
+                raise ValueError(f"t must have shape ({B},) or ({B}, n) for {B} streams, got {t_arr.shape}")
+            expand, out_shape = (B, 1), (B,)
+        elif t_arr.ndim == 2:
+            if t_arr.shape[0] != B:
+                raise ValueError(f"t must have shape ({B}, n) for {B} streams, got {t_arr.shape}")
+            expand, out_shape = t_arr.shape, t_arr.shape
+        else:
+            raise ValueError(f"t has shape {t_arr.shape}; see Stream's notes for the accepted shapes")
+        if lengths is not None and len(out_shape) != 2:
+            raise ValueError("lengths is only accepted with packets of shape (batch, n)")
+        t3 = np.ascontiguousarray(t_arr.reshape(expand))
+        x3 = None
+        if x is not None:
+            if not isinstance(x, np.ndarray):
+                raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
+            want = tuple(out_shape) + (n_features,)
+            if x.shape != want:
+                raise ValueError(f"x must have shape {want} to match t, got {x.shape}")
+            x3 = x.reshape(expand + (n_features,))
+        tok3 = None
+        if tokens is not None:
+            tok = np.asarray(tokens) if isinstance(tokens, numbers.Integral) else tokens
+            if not isinstance(tok, np.ndarray):
+                raise TypeError(f"tokens must be an int or a numpy.ndarray, got {type(tokens).__name__}")
+            if tok.shape != tuple(out_shape):
+                raise ValueError(f"tokens must have shape {tuple(out_shape)} to match t, got {tok.shape}")
+            tok3 = tok.reshape(expand)
+        return x3, t3, tok3, lengths, out_shape
+
+    def push(self, x=None, t=None, tokens=None, lengths=None):
+        """Feed the next event(s) of every stream; return the read-out after each of them.
+
+        Parameters
+        ----------
+        x : ndarray or None
+            Input features of the events (None when the network reads only tokens).
+        t : float or ndarray of float64
+            Event times (see the class notes for the accepted shapes).
+        tokens : int or ndarray of ints, optional
+            Event addresses, for a network with an embedding.
+        lengths : ndarray (batch,) of ints, optional
+            Events of each stream's packet that are real (the rest is padding, ignored).
+
+        Returns
+        -------
+        ndarray
+            Read-out (or, for a bare layer, hidden state) after every pushed event: the shape
+            of ``t`` followed by the number of outputs. Padding events repeat the read-out of
+            the stream's last real event.
+        """
+        if t is None:
+            raise TypeError("t is required")
+        x3, t3, tok3, lengths, out_shape = self._canonical(x, t, tokens, lengths)
+        B, n = t3.shape
+        if self.network is not None:
+            x3, t3, lengths, tok3 = self.network._check_inputs(x3, t3, lengths, tok3)
+            inp = x3
+            if self._embedding is not None:
+                emb = self._embedding[tok3]
+                inp = emb if x3 is None else np.concatenate([emb, x3], axis=2)
+        else:
+            inp, t3, lengths = check_sequence_inputs(x3, t3, lengths,
+                                                     input_size=self.layers[0].input_size,
+                                                     dtype=self.dtype)
+        inp = np.ascontiguousarray(inp)
+        for i, layer in enumerate(self.layers):
+            h0, c0 = self.states[i]
+            lo, hi = self._windows[i]
+            features = layer._features(inp, t3)
+            inp, hT, cT = numba_backend.stream_forward(
+                self._prepared[i], np.ascontiguousarray(features), t3, lengths, h0, c0, lo, hi,
+                self.update_counts[i], layer.gate_open)
+            self.states[i] = (hT, cT)
+        if self.network is not None:
+            W, b = self._readout
+            out = numba_backend.dense_readout(inp, W, b)
+        else:
+            out = inp
+        has = lengths > 0
+        self.last_time[has] = t3[has, lengths[has] - 1]
+        self.events += lengths
+        return out.reshape(tuple(out_shape) + (out.shape[-1],))
+
+    def __repr__(self):
+        return f"Stream(batch={self.batch}, layers={len(self.layers)}, events={self.events.tolist()})"

@@ -1,0 +1,209 @@
+"""The Numba backend against the NumPy reference: forward, every gradient, skipping, errors."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import plstm_np as pl
+from plstm_np import config, reference
+from plstm_np.time_gate import time_gate
+
+from conftest import make_batch, make_network
+
+nb = pytest.importorskip("plstm_np.numba_backend")
+
+#: Largest tolerated max relative difference (max |a - b| / max |b|) to the reference.
+RTOL = {np.float64: 1e-12, np.float32: 1e-5}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def max_rel_diff(actual, expected):
+    """max |a - e| / max |e| (max |a - e| when e is all zeros)."""
+    a = np.asarray(actual, np.float64)
+    e = np.asarray(expected, np.float64)
+    assert a.shape == e.shape
+    scale = np.abs(e).max() if e.size else 0.0
+    diff = np.abs(a - e).max() if e.size else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def random_layer_problem(rng, dtype, *, B=5, T=9, D=3, H=11, gate_open=False,
+                         r_on_range=(0.05, 0.9), t_max=30.0):
+    """Random parameters (all of them), per-sample random times, lengths with 0 and T."""
+    params = {
+        "Wx": rng.normal(0, 0.7, (D, 4 * H)), "Wh": rng.normal(0, 0.7, (H, 4 * H)),
+        "b": rng.normal(0, 0.7, 4 * H), "w_ci": rng.normal(0, 0.7, H),
+        "w_cf": rng.normal(0, 0.7, H), "w_co": rng.normal(0, 0.7, H),
+    }
+    if not gate_open:
+        tau = np.exp(rng.uniform(0.0, 2.5, H))
+        params.update(tau=tau, s=rng.uniform(-tau, tau), r_on=rng.uniform(*r_on_range, H))
+    params = {k: v.astype(dtype) for k, v in params.items()}
+    x = rng.normal(size=(B, T, D)).astype(dtype)
+    t = np.sort(rng.uniform(-5.0, t_max, (B, T)), axis=1)
+    lengths = rng.integers(0, T + 1, B).astype(np.int64)
+    lengths[0], lengths[1] = T, 0
+    valid = np.arange(T)[None, :] < lengths[:, None]
+    x[~valid] = np.nan  # padding may hold garbage: never read
+    t[~valid] = np.nan
+    h0 = rng.normal(size=(B, H)).astype(dtype)
+    c0 = rng.normal(size=(B, H)).astype(dtype)
+    return params, x, t, lengths, h0, c0
+
+
+def compare_layer(rng, dtype, leak, gate_open, **kw):
+    params, x, t, lengths, h0, c0 = random_layer_problem(rng, dtype, gate_open=gate_open, **kw)
+    h_r, (hT_r, cT_r), cache_r = reference.layer_forward(params, x, t, lengths, h0, c0, leak,
+                                                         gate_open)
+    h_n, (hT_n, cT_n), cache_n = nb.layer_forward(params, x, t, lengths, h0, c0, leak, gate_open)
+    tol = RTOL[dtype]
+    for name, a, e in (("h", h_n, h_r), ("hT", hT_n, hT_r), ("cT", cT_n, cT_r)):
+        assert a.dtype == np.dtype(dtype)
+        assert max_rel_diff(a, e) <= tol, name
+    B, T, H = h_r.shape
+    dh = rng.normal(size=(B, T, H)).astype(dtype)
+    dstate = (rng.normal(size=(B, H)).astype(dtype), rng.normal(size=(B, H)).astype(dtype))
+    g_r = reference.layer_backward(dh, dstate, cache_r)
+    g_n = nb.layer_backward(dh, dstate, cache_n)
+    assert set(g_n) == set(g_r)
+    for name in g_r:
+        assert g_n[name].shape == g_r[name].shape and g_n[name].dtype == g_r[name].dtype, name
+        assert max_rel_diff(g_n[name], g_r[name]) <= tol, name
+    assert np.all(np.isfinite(h_n))
+    return cache_n, cache_r, (params, x, t, lengths)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("leak", [1e-3, 0.0])
+@pytest.mark.parametrize("gate_open", [False, True])
+def test_layer_matches_reference(dtype, leak, gate_open):
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        cache_n, cache_r, _ = compare_layer(rng, dtype, leak, gate_open)
+        if leak > 0 or gate_open:
+            assert cache_n["updates"] == cache_r["updates"]  # dense: every valid step
+        else:
+            assert cache_n["updates"] < cache_r["updates"]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dense_and_gather_paths_at_larger_width(dtype):
+    # H = 40 with r_on from tiny to wide: steps with few open neurons take the gather path,
+    # steps with many take the dense path; both must agree with the reference.
+    rng = np.random.default_rng(3)
+    compare_layer(rng, dtype, 0.0, False, B=4, T=30, D=5, H=40, r_on_range=(0.01, 1.0))
+
+
+def test_skipping_counts_open_triples():
+    rng = np.random.default_rng(11)
+    B, T, H = 6, 60, 48
+    cache_n, cache_r, (params, x, t, lengths) = compare_layer(
+        rng, np.float64, 0.0, False, B=B, T=T, H=H, r_on_range=(0.05, 0.05), t_max=200.0)
+    # Count the open (sample, step, neuron) triples from the time gate alone.
+    valid = np.arange(T)[None, :] < lengths[:, None]
+    k = time_gate(np.where(valid, t, 0.0)[:, :, None], params["tau"], params["s"],
+                  params["r_on"], 0.0)
+    open_triples = (k > 0) & valid[:, :, None]
+    assert cache_n["updates"] == int(open_triples.sum())
+    np.testing.assert_array_equal(cache_n["update_counts"], open_triples.sum(1))
+    dense = int(lengths.sum()) * H
+    assert cache_r["updates"] == dense
+    assert cache_n["updates"] < 0.15 * dense
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("training", [True, False])
+def test_two_layer_network_matches_reference(dtype, training):
+    rng = np.random.default_rng(5)
+    net = make_network(rng, dtype=dtype, readout_at="every")
+    batch = make_batch(net, rng, B=4, T=7)
+    out_r, states_r, cache_r = net.forward(batch.x, batch.t, batch.lengths, batch.tokens,
+                                           training=training)
+    dout = rng.normal(size=out_r.shape).astype(dtype)
+    g_r = net.backward(dout, cache_r)
+    net.backend = "numba"
+    out_n, states_n, cache_n = net.forward(batch.x, batch.t, batch.lengths, batch.tokens,
+                                           training=training)
+    g_n = net.backward(dout, cache_n)
+    tol = RTOL[dtype]
+    assert max_rel_diff(out_n, out_r) <= tol
+    for (h_n, c_n), (h_r, c_r) in zip(states_n, states_r):
+        assert max_rel_diff(h_n, h_r) <= tol and max_rel_diff(c_n, c_r) <= tol
+    assert set(g_n) == set(g_r)
+    for name in g_r:
+        assert max_rel_diff(g_n[name], g_r[name]) <= tol, name
+
+
+def test_bad_input_same_errors_as_reference():
+    rng = np.random.default_rng(0)
+    layers = {b: pl.PhasedLSTM(2, 3, backend=b, rng=1) for b in ("numpy", "numba")}
+    x = rng.normal(size=(2, 4, 2))
+    t = np.sort(rng.uniform(0, 5, (2, 4)), axis=1)
+    t_nan = t.copy()
+    t_nan[1, 2] = np.nan
+    bad_calls = [
+        dict(x=x.astype(np.float32), t=t),  # wrong dtype
+        dict(x=x, t=t.astype(np.float32)),  # float32 times
+        dict(x=x[:, :, :1], t=t),  # wrong feature count
+        dict(x=x, t=t_nan),  # non-finite time at a valid step
+        dict(x=x, t=t, lengths=np.array([5, 1])),  # length > T
+        dict(x=x, t=t, state=(np.zeros((2, 3)), np.zeros((2, 2)))),  # bad state shape
+    ]
+    for call in bad_calls:
+        messages = []
+        for layer in layers.values():
+            with pytest.raises((ValueError, TypeError)) as err:
+                layer.forward(**call)
+            messages.append((type(err.value), str(err.value)))
+        assert messages[0] == messages[1]
+
+
+def test_padding_garbage_is_never_read():
+    rng = np.random.default_rng(2)
+    params, x, t, lengths, h0, c0 = random_layer_problem(rng, np.float64)
+    h, (hT, cT), _ = nb.layer_forward(params, x, t, lengths, h0, c0, 0.0, False)
+    assert np.all(np.isfinite(h)) and np.all(np.isfinite(hT))
+    # a sample of length 0 keeps its initial state
+    np.testing.assert_array_equal(hT[1], h0[1])
+    np.testing.assert_array_equal(cT[1], c0[1])
+
+
+def _run(code):
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_import_compiles_nothing():
+    out = _run(
+        "import plstm_np, sys\n"
+        "assert 'plstm_np.numba_backend' not in sys.modules\n"
+        "from plstm_np import numba_backend as nb\n"
+        "kernels = [nb.forward_kernel, nb.forward_kernel_serial, nb.backward_kernel,"
+        " nb.weight_grads_kernel]\n"
+        "print(sum(len(k.signatures) for k in kernels))\n"
+    )
+    assert out.strip() == "0"
+
+
+@pytest.mark.skipif(not (config.NUMBA_CACHE and not config.NUMBA_FASTMATH),
+                    reason="disk cache switched off")
+def test_fresh_process_loads_kernels_from_cache():
+    code = (
+        "import numpy as np\n"
+        "import plstm_np as pl\n"
+        "from plstm_np import numba_backend as nb\n"
+        "layer = pl.PhasedLSTM(2, 3, backend='numba', rng=0)\n"
+        "x = np.zeros((2, 3, 2)); t = np.arange(6.0).reshape(2, 3)\n"
+        "h, s, cache = layer.forward(x, t)\n"
+        "layer.backward(np.ones_like(h), cache)\n"
+        "ks = [nb.forward_kernel, nb.backward_kernel, nb.weight_grads_kernel]\n"
+        "print(sum(sum(k.stats.cache_misses.values()) for k in ks),"
+        " sum(sum(k.stats.cache_hits.values()) for k in ks))\n"
+    )
+    _run(code)  # the first process may have to compile and write the cache
+    misses, hits = map(int, _run(code).split())
+    assert misses == 0 and hits == 3

@@ -1,0 +1,121 @@
+"""Streaming inference equals running the recorded sequence whole."""
+import numpy as np
+import pytest
+
+import plstm_np as pl
+from plstm_np.streaming import Stream
+
+from conftest import make_network, randomize
+
+#: Largest tolerated max |difference| / max |whole-sequence output|, in float64.
+STREAM_RTOL = 1e-12
+
+
+def rel(a, e):
+    return np.abs(a - e).max() / np.abs(e).max()
+
+
+def recording(net, rng, B, T):
+    t = np.sort(rng.uniform(0.0, 40.0, (B, T)), axis=1)  # every stream its own event times
+    x = rng.normal(size=(B, T, net.n_features)) if net.n_features else None
+    tokens = rng.integers(0, net.embedding.num_embeddings, (B, T)) if net.embedding else None
+    return x, t, tokens
+
+
+def chunks(T, sizes, rng):
+    """Boundaries of consecutive chunks: fixed size, or random sizes for 'random'."""
+    edges, j = [0], 0
+    while j < T:
+        j = min(T, j + (int(rng.integers(1, 6)) if sizes == "random" else sizes))
+        edges.append(j)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, "random"])
+def test_batch1_chunks_equal_whole_sequence(chunk):
+    rng = np.random.default_rng(1)
+    net = make_network(rng, readout_at="every")
+    for layer in net.layers:
+        layer.params["r_on"][:] = rng.uniform(0.05, 0.3, layer.hidden_size)
+    x, t, tokens = recording(net, rng, 1, 40)
+    whole, states, _ = net.forward(x, t, tokens=tokens, training=False)  # the reference
+    net.backend = "numba"
+    _, _, cache = net.forward(x, t, tokens=tokens, training=False)
+    stream = Stream(net)
+    outs = []
+    for lo, hi in chunks(40, chunk, rng):
+        if chunk == 1:  # single events: scalar time, 1-D features, scalar token
+            outs.append(stream.push(x[0, lo], float(t[0, lo]), int(tokens[0, lo]))[None])
+        else:
+            outs.append(stream.push(x[0, lo:hi], t[0, lo:hi], tokens[0, lo:hi]))
+    streamed = np.concatenate(outs)
+    assert streamed.shape == whole[0].shape
+    assert rel(streamed, whole[0]) <= STREAM_RTOL
+    for (h, c), (h_s, c_s) in zip(states, stream.states):
+        assert rel(h_s, h) <= STREAM_RTOL and rel(c_s, c) <= STREAM_RTOL
+    assert stream.updates == cache["updates"]  # the same neurons were updated
+    assert stream.last_time[0] == t[0, -1] and stream.events[0] == 40
+
+
+def test_batch_of_streams_with_different_times():
+    rng = np.random.default_rng(2)
+    net = make_network(rng, readout_at="every")
+    B, T = 4, 30
+    x, t, tokens = recording(net, rng, B, T)
+    whole, _, _ = net.forward(x, t, tokens=tokens, training=False)
+    stream = Stream(net, batch=B)
+    outs = [stream.push(x[:, j], t[:, j], tokens[:, j])[:, None] for j in range(10)]
+    outs.append(stream.push(x[:, 10:], t[:, 10:], tokens[:, 10:]))
+    streamed = np.concatenate(outs, axis=1)
+    assert streamed.shape == whole.shape
+    assert rel(streamed, whole) <= STREAM_RTOL
+
+
+def test_streams_with_ragged_packets():
+    # each stream's packet holds its own number of events; the rest is padding
+    rng = np.random.default_rng(3)
+    net = make_network(rng, readout_at="last")
+    B, T = 3, 12
+    x, t, tokens = recording(net, rng, B, T)
+    whole, _, _ = net.forward(x, t, tokens=tokens, training=False)
+    first = np.array([4, 7, 1])
+    stream = Stream(net, batch=B)
+    xa, ta, ka = x.copy(), t.copy(), tokens.copy()
+    for b in range(B):  # pack each stream's first events, garbage after
+        ta[b, first[b]:] = np.nan
+    stream.push(xa, ta, ka, lengths=first)
+    rest_x = np.zeros_like(x)
+    rest_t = np.full_like(t, np.nan)
+    rest_k = np.zeros_like(tokens)
+    for b in range(B):
+        n = T - first[b]
+        rest_x[b, :n], rest_t[b, :n], rest_k[b, :n] = x[b, first[b]:], t[b, first[b]:], tokens[b, first[b]:]
+    out = stream.push(rest_x, rest_t, rest_k, lengths=T - first)
+    last = out[np.arange(B), T - first - 1]
+    assert rel(last, whole) <= STREAM_RTOL
+
+
+def test_bare_layer_stream_and_lstm():
+    rng = np.random.default_rng(4)
+    for layer in (pl.PhasedLSTM(2, 5, r_on=0.2, rng=0), pl.LSTM(2, 5, rng=0)):
+        randomize(layer, rng)
+        x = rng.normal(size=(1, 20, 2))
+        t = np.sort(rng.uniform(0, 10, (1, 20)), axis=1)
+        h, _, _ = layer.forward(x, t, training=False)
+        stream = Stream(layer)
+        got = np.concatenate([stream.push(x[0, j:j + 4], t[0, j:j + 4]) for j in range(0, 20, 4)])
+        assert rel(got, h[0]) <= STREAM_RTOL
+
+
+def test_stream_bad_input():
+    rng = np.random.default_rng(5)
+    net = make_network(rng)
+    stream = Stream(net, batch=2)
+    with pytest.raises(ValueError, match="t must have shape"):
+        stream.push(np.zeros((3, 2)), np.zeros(3), np.zeros(3, np.int64))
+    with pytest.raises(TypeError, match="float64"):
+        stream.push(np.zeros((2, 2)), np.zeros(2, np.float32), np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="tokens must lie"):
+        stream.push(np.zeros((2, 2)), np.zeros(2), np.array([0, 99]))
+    with pytest.raises(TypeError, match="model must be"):
+        Stream("net")
