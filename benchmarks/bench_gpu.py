@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,16 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def gpu_present():
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return False
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return out.returncode == 0 and "GPU" in out.stdout
+from plstm_np.backends import nvidia_gpu_listed  # noqa: E402  (imports no numba)
 
 
 def timed(fn, repeats, sync=lambda: None):
@@ -180,7 +169,7 @@ def main(argv=None):
     parser.add_argument("--skip-cpu", action="store_true", help="skip the numba CPU rows")
     args = parser.parse_args(argv)
 
-    has_gpu = gpu_present()
+    has_gpu = nvidia_gpu_listed()
     if not has_gpu:
         if not args.smoke:
             print("bench_gpu: no NVIDIA GPU found (nvidia-smi); nothing to time. "

@@ -10,8 +10,11 @@ actually computed, and ``layer_backward(dh_seq, dstate, cache)`` returns the gra
 from __future__ import annotations
 
 import importlib
+import shutil
+import subprocess
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "get_backend", "check_backend"]
+__all__ = ["BACKENDS", "BackendUnavailableError", "get_backend", "check_backend",
+           "nvidia_gpu_listed"]
 
 BACKENDS = {
     "numpy": "plstm_np.reference",
@@ -46,3 +49,16 @@ def get_backend(name):
     if ensure is not None:
         ensure()
     return module
+
+
+def nvidia_gpu_listed():
+    """Whether ``nvidia-smi -L`` lists a GPU: checked without importing numba.cuda, so that a
+    test run or benchmark can choose the CUDA simulator before numba.cuda reads its settings."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return False
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import config
 from .backends import get_backend
+from .optim import check_adam_hyperparameters
 from .validation import check_positive_int, check_sequence_inputs
 
 try:  # optional; _backend() raises the explanatory error when it is missing
@@ -219,12 +220,7 @@ class CudaTrainer:
         if net.readout_at != "last" or net.loss_name != "cross_entropy":
             raise ValueError("CudaTrainer supports readout_at='last' with loss='cross_entropy', "
                              f"got readout_at={net.readout_at!r}, loss={net.loss_name!r}")
-        for name, value in (("lr", lr), ("eps", eps)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        for name, value in (("beta1", beta1), ("beta2", beta2)):
-            if not 0 <= value < 1:
-                raise ValueError(f"{name} must lie in [0, 1), got {value}")
+        check_adam_hyperparameters(lr, beta1, beta2, eps)
         cb = _backend()
         self.net = net
         self.lr, self.beta1, self.beta2, self.eps = float(lr), float(beta1), float(beta2), float(eps)

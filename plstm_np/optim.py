@@ -29,6 +29,16 @@ def default_bounds(params):
     return bounds
 
 
+def check_adam_hyperparameters(lr, beta1, beta2, eps):
+    """Raise ValueError naming the first of ``lr, eps > 0``, ``0 <= beta1, beta2 < 1`` broken."""
+    for name, value in (("lr", lr), ("eps", eps)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    for name, value in (("beta1", beta1), ("beta2", beta2)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must lie in [0, 1), got {value}")
+
+
 class Adam:
     """Adam with bias correction, updating the parameter arrays in place.
 
@@ -61,12 +71,7 @@ class Adam:
             bounds = model.bounds if bounds is None else bounds
         if not isinstance(params, dict):
             raise TypeError(f"params must be a dict of arrays or a model, got {type(params).__name__}")
-        for name, value in (("lr", lr), ("eps", eps)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        for name, value in (("beta1", beta1), ("beta2", beta2)):
-            if not 0 <= value < 1:
-                raise ValueError(f"{name} must lie in [0, 1), got {value}")
+        check_adam_hyperparameters(lr, beta1, beta2, eps)
         self.params = params
         self.lr, self.beta1, self.beta2, self.eps = float(lr), float(beta1), float(beta2), float(eps)
         self.frozen = set(frozen or ())

@@ -4,27 +4,14 @@ Also picks the CUDA target for the whole run, before anything imports numba.cuda
 ``NUMBA_ENABLE_CUDASIM`` once): the real GPU when ``nvidia-smi -L`` lists one, else the simulator.
 """
 import os
-import shutil
-import subprocess
-
-
-def _gpu_present():
-    """An NVIDIA GPU answers nvidia-smi (checked without importing numba.cuda)."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return False
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return out.returncode == 0 and "GPU" in out.stdout
-
-
-if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _gpu_present():
-    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
 # The tests multiply tiny matrices: BLAS threads only contend on a 2-core machine.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from plstm_np.backends import nvidia_gpu_listed  # noqa: E402  (imports no numba)
+
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and not nvidia_gpu_listed():
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
