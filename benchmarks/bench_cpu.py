@@ -15,12 +15,19 @@ PyTorch is optional and never a dependency: its rows are skipped when it is abse
 Writes ``benchmarks/results/bench_cpu.json`` and ``bench_cpu.png``. Usage::
 
     python benchmarks/bench_cpu.py [--quick]
+
+OpenBLAS runs single-threaded here (``OPENBLAS_NUM_THREADS=1`` unless already set, before
+NumPy is imported): the Numba kernels give each of their threads a chunk of the batch,
+and BLAS threads of their own would contend with them on a small machine. The library
+itself never changes the environment.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads OpenBLAS
 import platform
 import time
 import tracemalloc
@@ -177,7 +184,8 @@ def main():
     rng = np.random.default_rng(0)
     results = dict(machine=dict(cpu=platform.processor() or platform.machine(),
                                 cores=os.cpu_count(), load_average=os.getloadavg()),
-                   numba_threads=args.threads)
+                   numba_threads=args.threads,
+                   openblas_num_threads=os.environ.get("OPENBLAS_NUM_THREADS"))
     import numba
 
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))

@@ -8,6 +8,9 @@ before the first call of a backend.
   so that a fresh process does not recompile them.
 - ``NUMBA_FASTMATH`` (``PLSTM_NP_FASTMATH``, default off): LLVM fast-math; off keeps the CPU
   kernels within 1e-12 of the reference in float64.
+- ``NUMBA_REASSOC`` (``PLSTM_NP_REASSOC``, default on): let LLVM reassociate the sums of
+  the CPU kernels (the only fast-math flags they get), so that dot products are vectorised;
+  results change at the rounding level only (within 1e-12 of the reference in float64).
 - ``NUMBA_PARALLEL`` (``PLSTM_NP_PARALLEL``, default on): parallel loops over the batch.
 - ``NUM_THREADS`` (``PLSTM_NP_NUM_THREADS``, default: Numba's own): threads for those loops.
 - ``CUDA_THREADS_PER_BLOCK`` (``PLSTM_NP_CUDA_TPB``, default 128): block size of the GPU
@@ -37,6 +40,7 @@ def _int(name, default):
 
 NUMBA_CACHE = _flag("PLSTM_NP_NUMBA_CACHE", True)
 NUMBA_FASTMATH = _flag("PLSTM_NP_FASTMATH", False)
+NUMBA_REASSOC = _flag("PLSTM_NP_REASSOC", True)
 NUMBA_PARALLEL = _flag("PLSTM_NP_PARALLEL", True)
 NUM_THREADS = _int("PLSTM_NP_NUM_THREADS", None)
 CUDA_THREADS_PER_BLOCK = _int("PLSTM_NP_CUDA_TPB", 128)

@@ -4,24 +4,50 @@ Same contract as :mod:`plstm_np.reference` (same equations, same gradient keys),
 paper's sparse updates made real. When ``leak == 0`` (evaluation, or training with the leak
 switched off) a neuron whose time gate is on its closed piece has ``k = 0`` and carries
 ``(h, c)`` unchanged, so the kernels compute neither its gate pre-activations nor its
-nonlinearities, in the forward pass and in the backward pass alike. A neuron is *updated*
-at a valid step when its phase lies on an open piece, ``0 <= phi < r_on`` (with
-``leak > 0`` or ``gate_open`` every neuron is updated at every valid step); the kernels
-count the updates they compute per sample and per neuron.
+nonlinearities. A neuron is *updated* at a valid step when its phase lies on an open piece,
+``0 <= phi < r_on`` (with ``leak > 0`` or ``gate_open`` every neuron is updated at every
+valid step); the kernels count the updates they compute per sample and per neuron.
+
+Two forward kernels:
+
+- *dense* (``leak > 0`` or ``gate_open``: training): every neuron updates, so the step is
+  a matrix product. The batch is cut into one chunk per thread; each thread runs its chunk
+  through time with one BLAS product ``h_{j-1} Wh`` per step (``np.dot`` in the kernel),
+  then a loop for the time gates and a vectorised loop for the cells.
+- *sparse* (``leak == 0``): one sample per task; at each step only the open neurons' four
+  gate rows are computed, contiguous dot products of length H (``WhT``), or one full
+  product when many neurons are open.
+
+The backward kernel runs the batch chunks through time backwards, with one BLAS product
+``dz Wh^T`` per step and vectorised loops for the cells; the weight gradients follow, per
+chunk, as BLAS products over blocks of steps. Every BLAS product is small enough that
+OpenBLAS runs it on the calling thread: its own threads would contend with the kernels'.
+
+Memory. A training forward keeps ``h``, ``c``, ``i``, ``f``, ``g``, ``o`` and ``tanh(c~)`` per
+step: what a hand-written LSTM stores. ``c~`` and the time gate ``k`` (and whether a neuron
+was updated) are recomputed in the backward, which needs the exact phase anyway for the
+timing gradients. An evaluation forward (``leak == 0``) keeps only ``h``; a backward through
+it first reruns the forward, storing.
+
+Arithmetic. Gate maths runs in the model dtype (float32 maths for float32 models), with
+sigmoid and tanh built on one ``exp`` each; the phase is always float64, bitwise equal to
+:func:`plstm_np.time_gate.phase`. The kernels may reassociate sums
+(:data:`plstm_np.config.NUMBA_REASSOC`), which lets LLVM vectorise the dot products, and
+use NumPy's error model (no ZeroDivisionError branch in loops; no division can be by zero).
 
 Layout. The kernels take C-contiguous arrays and scalars only; :func:`layer_forward` and
 :func:`layer_backward` validate nothing (the API boundary did), re-layout and dispatch.
-Weights are re-laid out *neuron-major*: column ``4 n + g`` of ``WxN`` / ``WhN`` (and row
-``4 n + g`` of their transposes ``WxT`` / ``WhT``) is gate ``g`` of neuron ``n``, so one
-neuron's four gate rows are contiguous for the gather of an open neuron. Gradients are
-converted back to the contract layout (gate blocks ``[i, f, g, o]``).
+The dense kernels use the contract layout (gate blocks ``[i, f, g, o]``, so the gate loops
+read contiguous blocks). For the sparse kernel the weights are re-laid out *neuron-major*:
+column ``4 n + g`` of ``WxN`` / ``WhN`` (and row ``4 n + g`` of their transposes ``WxT`` /
+``WhT``) is gate ``g`` of neuron ``n``, so an open neuron's four gate rows are contiguous.
 
-Skipping without computing every phase. A floating-point ``mod`` costs ~7 ns, which would
+Skipping without computing every phase. Even computed with one fused multiply-add instead
+of a floating-point ``mod`` (see :func:`_phase`), a phase costs a few ns, which would
 dominate a step in which 95 % of the neurons are closed. While a neuron is closed the
-kernel remembers the window ``[lo, hi)`` of times that are certainly still on the closed
-piece of the same cycle (bounds pulled in by a margin far larger than any rounding), so a
-closed neuron costs two comparisons. Every time outside its window gets the exact phase,
-bitwise equal to :func:`plstm_np.time_gate.phase`.
+sparse kernel remembers the window ``[lo, hi)`` of times that are certainly still on the
+closed piece of the same cycle (bounds pulled in by a margin far larger than any rounding),
+so a closed neuron costs two comparisons. Every time outside its window gets the exact phase.
 
 Compilation is lazy: importing this module defines the dispatchers but compiles nothing.
 Each kernel is compiled on its first call, once per dtype, and cached on disk when
@@ -34,13 +60,15 @@ import types
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import prange
+from numba.extending import intrinsic, overload
 
 from . import config, scalar_math
 
 __all__ = ["layer_forward", "layer_backward", "ensure_available", "to_neuron_major",
-           "from_neuron_major", "prepare_params", "empty_windows", "stream_forward", "dense_readout",
-           "PHASE_MARGIN"]
+           "prepare_params", "empty_windows", "stream_forward",
+           "dense_readout", "token_table", "PHASE_MARGIN"]
 
 #: Relative margin (times ``|t| + |s| + tau``) by which a closed neuron's window of
 #: certainly-closed times is pulled in from the exact cycle bounds; rounding errors of
@@ -49,8 +77,13 @@ PHASE_MARGIN = 1e-12
 
 # Compiled code is cached only with the default flags: Numba's cache index does not
 # include fastmath, so a cache written with other flags could be served by mistake.
-_CACHE = bool(config.NUMBA_CACHE) and not config.NUMBA_FASTMATH
-_FASTMATH = bool(config.NUMBA_FASTMATH)
+_CACHE = bool(config.NUMBA_CACHE) and not config.NUMBA_FASTMATH and bool(config.NUMBA_REASSOC)
+if config.NUMBA_FASTMATH:
+    _FASTMATH = True
+elif config.NUMBA_REASSOC:
+    _FASTMATH = {"reassoc"}
+else:
+    _FASTMATH = False
 _threads_set = False
 
 
@@ -63,13 +96,16 @@ def _jit(fn, parallel):
     clone.__qualname__ = fn.__qualname__ + suffix
     clone.__module__ = fn.__module__
     clone.__doc__ = fn.__doc__
+    # error_model="numpy": a float division carries no ZeroDivisionError branch (which
+    # would stop LLVM from vectorising loops); no division here can be by zero anyway
     return numba.njit(clone, parallel=parallel and bool(config.NUMBA_PARALLEL),
-                      fastmath=_FASTMATH, cache=_CACHE, nogil=True)
+                      fastmath=_FASTMATH, cache=_CACHE, nogil=True, error_model="numpy")
 
 
 def _device(fn):
     """A scalar helper, inlined into the kernels."""
-    return numba.njit(fn, fastmath=_FASTMATH, cache=_CACHE, inline="always")
+    return numba.njit(fn, fastmath=_FASTMATH, cache=_CACHE, inline="always",
+                      error_model="numpy")
 
 
 def _shared_helper(fn, **calls):
@@ -82,14 +118,51 @@ def _shared_helper(fn, **calls):
     return _device(copy)
 
 
-_sigmoid = _device(scalar_math.sigmoid)
 _gate_piece = _device(scalar_math.gate_piece)
 _gate_openness = _shared_helper(scalar_math.gate_openness, gate_piece=_gate_piece)
 _gate_dk_dphi = _shared_helper(scalar_math.gate_dk_dphi, gate_piece=_gate_piece)
 _gate_dk_dr_on = _shared_helper(scalar_math.gate_dk_dr_on, gate_piece=_gate_piece)
 
 
-_phase = _device(scalar_math.phase)
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """``a * b + c`` with a single rounding (LLVM's fma intrinsic), float64."""
+    sig = numba.types.float64(numba.types.float64, numba.types.float64, numba.types.float64)
+
+    def codegen(context, builder, signature, args):
+        f64 = ir.DoubleType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [f64], ir.FunctionType(f64, [f64] * 3))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+def _phase(t, tau, s):
+    """``((t - s) mod tau) / tau`` in [0, 1), bitwise equal to :func:`scalar_math.phase`
+    (and so to NumPy's) at a third of the cost of a floating-point ``mod``.
+
+    ``fmod(x, tau)`` is exactly ``x - q tau`` with ``q = trunc(x / tau)``, a representable
+    number, so one fused multiply-add computes it without rounding once ``q`` is right; the
+    quotient rounded to an integer can be one off, which the sign or size of the remainder
+    reveals. Negative remainders then get NumPy's floor-mod fix-up ``r + tau``.
+    """
+    x = t - s
+    q = math.trunc(x / tau)
+    r = _fma(-q, tau, x)
+    # written with selects rather than branches, so that loops of phases can vectorise
+    if x >= 0.0:
+        q_fix = q - 1.0 if r < 0.0 else (q + 1.0 if r >= tau else q)
+    else:
+        q_fix = q + 1.0 if r > 0.0 else (q - 1.0 if r <= -tau else q)
+    r = _fma(-q_fix, tau, x)
+    r = r + tau if r < 0.0 else r  # NumPy's floor-mod fix-up
+    phi = r / tau
+    return 0.0 if phi >= 1.0 else phi  # a tiny negative remainder rounds up to tau: 0
+
+
+# the phase gets no fast-math flag at all: it must stay bitwise equal to NumPy's
+_phase_inline = numba.njit(_phase, cache=_CACHE, error_model="numpy", inline="always")
+_phase = numba.njit(_phase, cache=_CACHE, error_model="numpy")
 
 
 def ensure_available():
@@ -101,20 +174,119 @@ def ensure_available():
         _threads_set = True
 
 
+# ---------------------------------------------------------------------------- scalar maths
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is the int32 ``bits``."""
+    sig = numba.types.float32(numba.types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+# exp in float32 (Cephes' expf): e^x = 2^n e^r, |r| <= ln2 / 2, degree-7 polynomial for e^r
+_F32 = np.float32
+_EXP_LO, _EXP_HI = _F32(-87.0), _F32(88.0)
+_LOG2E, _LN2_HI, _LN2_LO = _F32(1.44269504088896341), _F32(0.693359375), _F32(-2.12194440e-4)
+_P0, _P1, _P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
+_P3, _P4, _P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.0000001201e-1)
+_ROUND_OFFSET, _ONE32 = _F32(128.5), _F32(1.0)
+
+
+def _exp(x):
+    """``exp`` in the dtype of ``x``: libm's for float64; for float32 an inlined polynomial
+    (within 1e-7 relative; clamped to [-87, 88], ample for sigmoid and tanh arguments
+    taken negative) that, unlike a libm call, LLVM can vectorise."""
+    return math.exp(x)
+
+
+@overload(_exp, inline="always", fastmath=_FASTMATH)
+def _exp_overload(x):
+    if isinstance(x, numba.types.Float) and x.bitwidth == 32:
+        def exp32(x):
+            x = min(max(x, _EXP_LO), _EXP_HI)
+            # n = round(x / ln2): truncating a positive number (libm's floorf would be a call)
+            ni = np.int32(x * _LOG2E + _ROUND_OFFSET) - np.int32(128)
+            n = _F32(ni)
+            r = (x - n * _LN2_HI) - n * _LN2_LO
+            p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+            p = p * r * r + r + _ONE32
+            return p * _float32_from_bits((ni + np.int32(127)) << np.int32(23))
+        return exp32
+    return lambda x: math.exp(x)
+
+
+def _sigmoid(a, one):
+    """Logistic function in the dtype of ``a`` (``one`` is 1 in that dtype); one ``exp``,
+    no overflow."""
+    e = _exp(-abs(a))
+    if a >= 0:
+        return one / (one + e)
+    return e / (one + e)
+
+
+def _tanh(a, one):
+    """tanh in the dtype of ``a`` from one ``exp`` (cheaper than libm's tanh)."""
+    e = _exp(-(abs(a) + abs(a)))
+    r = (one - e) / (one + e)
+    return r if a >= 0 else -r
+
+
+_sigmoid = _device(_sigmoid)
+_tanh = _device(_tanh)
+
+
+def _cell(z_i, z_f, z_g, z_o, cp, w_ci, w_cf, w_co, one):
+    """The proposed update of one neuron: gates i, f, g, o, c~ and tanh(c~)."""
+    ii = _sigmoid(z_i + w_ci * cp, one)
+    ff = _sigmoid(z_f + w_cf * cp, one)
+    gg = _tanh(z_g, one)
+    ct = ff * cp + ii * gg
+    oo = _sigmoid(z_o + w_co * ct, one)
+    return ii, ff, gg, oo, ct, _tanh(ct, one)
+
+
+_cell = _device(_cell)
+
+
+def _dot(a, b):
+    """Dot product of two contiguous vectors (vectorised when sums may be reassociated)."""
+    acc = a.dtype.type(0.0)
+    for q in range(a.shape[0]):
+        acc += a[q] * b[q]
+    return acc
+
+
+_dot = _device(_dot)
+
+
+def _dot4(a, r0, r1, r2, r3):
+    """Four dot products of ``a`` with contiguous rows, in one pass over ``a``."""
+    a0 = a1 = a2 = a3 = a.dtype.type(0.0)
+    for q in range(a.shape[0]):
+        aq = a[q]
+        a0 += aq * r0[q]
+        a1 += aq * r1[q]
+        a2 += aq * r2[q]
+        a3 += aq * r3[q]
+    return a0, a1, a2, a3
+
+
+_dot4 = _device(_dot4)
+
+
 # ---------------------------------------------------------------------------- kernels
-def _open_neurons(tj, tau, s, r_on, leak, gate_open, lo, hi, k_out, open_idx):
-    """Fill ``open_idx[:m]`` with the neurons updated at time ``tj`` and ``k_out`` with their
-    openness (float64); return m. ``lo``, ``hi`` are this stream's closed windows."""
+def _open_neurons(tj, tau, s, r_on, gate_open, lo, hi, k_out, open_idx):
+    """Evaluation gate (``leak = 0``): fill ``open_idx[:m]`` with the neurons updated at time
+    ``tj`` and ``k_out`` with their openness (float64); return m. ``lo``, ``hi`` are this
+    stream's closed windows, read and updated. ``gate_open``: every neuron, k = 1."""
     H = tau.shape[0]
     m = 0
     if gate_open:
         for n in range(H):
             k_out[n] = 1.0
-            open_idx[n] = n
-        return H
-    if leak > 0.0:
-        for n in range(H):
-            k_out[n] = _gate_openness(_phase(tj, tau[n], s[n]), r_on[n], leak)
             open_idx[n] = n
         return H
     for n in range(H):
@@ -136,19 +308,15 @@ def _open_neurons(tj, tau, s, r_on, leak, gate_open, lo, hi, k_out, open_idx):
 _open_neurons = _device(_open_neurons)
 
 
-def _gate_preacts(xj, h, WxN, WhN, WxT, WhT, bN, open_idx, m, z):
-    """z[4n:4n+4] = x_j Wx + h Wh + b for the m open neurons (neuron-major columns)."""
-    D = xj.shape[0]
+def _sparse_preacts(row0, xj, h, WxT, WhN, WhT, open_idx, m, z):
+    """z[4n:4n+4] = row0 + x_j Wx + h Wh for the m open neurons (neuron-major). ``row0`` is
+    the bias (or a token's precomputed input projection plus bias)."""
     H = h.shape[0]
-    H4 = bN.shape[0]
-    if 4 * m >= H:  # dense enough: full axpy rows, vectorised over all 4H columns
+    H4 = z.shape[0]
+    D = xj.shape[0]
+    if 4 * m >= H:  # many open: one full product, rows of WhN axpy'd (vectorised)
         for c in range(H4):
-            z[c] = bN[c]
-        for d in range(D):
-            xd = xj[d]
-            row = WxN[d]
-            for c in range(H4):
-                z[c] += xd * row[c]
+            z[c] = row0[c]
         H4r = H - H % 4
         for q in range(0, H4r, 4):
             h0, h1, h2, h3 = h[q], h[q + 1], h[q + 2], h[q + 3]
@@ -157,76 +325,51 @@ def _gate_preacts(xj, h, WxN, WhN, WxT, WhT, bN, open_idx, m, z):
                 z[c] += (h0 * r0[c] + h1 * r1[c]) + (h2 * r2[c] + h3 * r3[c])
         for q in range(H4r, H):
             hq = h[q]
-            row = WhN[q]
-            for c in range(H4):
-                z[c] += hq * row[c]
-        return
-    for p in range(m):  # gather: only the open neurons' four contiguous gate columns
-        n4 = 4 * open_idx[p]
-        # eight independent accumulators (4 gates x 2 interleaved inputs) keep the FMA
-        # units busy; one neuron's 4 gate weights of an input are 16 contiguous bytes
-        a0 = bN[n4] * 0
-        a1 = a0
-        a2 = a0
-        a3 = a0
-        e0 = a0
-        e1 = a0
-        e2 = a0
-        e3 = a0
-        for d in range(D):
-            xd = xj[d]
-            r = WxN[d]
-            a0 += xd * r[n4]
-            a1 += xd * r[n4 + 1]
-            a2 += xd * r[n4 + 2]
-            a3 += xd * r[n4 + 3]
-        Hr = H - H % 2
-        for q in range(0, Hr, 2):
-            hq = h[q]
-            hq1 = h[q + 1]
             r = WhN[q]
-            r1 = WhN[q + 1]
-            a0 += hq * r[n4]
-            a1 += hq * r[n4 + 1]
-            a2 += hq * r[n4 + 2]
-            a3 += hq * r[n4 + 3]
-            e0 += hq1 * r1[n4]
-            e1 += hq1 * r1[n4 + 1]
-            e2 += hq1 * r1[n4 + 2]
-            e3 += hq1 * r1[n4 + 3]
-        if Hr < H:
-            hq = h[H - 1]
-            r = WhN[H - 1]
-            a0 += hq * r[n4]
-            a1 += hq * r[n4 + 1]
-            a2 += hq * r[n4 + 2]
-            a3 += hq * r[n4 + 3]
-        z[n4] = bN[n4] + (a0 + e0)
-        z[n4 + 1] = bN[n4 + 1] + (a1 + e1)
-        z[n4 + 2] = bN[n4 + 2] + (a2 + e2)
-        z[n4 + 3] = bN[n4 + 3] + (a3 + e3)
+            for c in range(H4):
+                z[c] += hq * r[c]
+        for p in range(m):
+            n4 = 4 * open_idx[p]
+            for r in range(n4, n4 + 4):
+                if D > 0:
+                    z[r] += _dot(xj, WxT[r])
+        return
+    for p in range(m):  # few open: each open neuron's 4 contiguous gate rows
+        n4 = 4 * open_idx[p]
+        a0, a1, a2, a3 = _dot4(h, WhT[n4], WhT[n4 + 1], WhT[n4 + 2], WhT[n4 + 3])
+        if D > 0:
+            e0, e1, e2, e3 = _dot4(xj, WxT[n4], WxT[n4 + 1], WxT[n4 + 2], WxT[n4 + 3])
+            a0, a1, a2, a3 = a0 + e0, a1 + e1, a2 + e2, a3 + e3
+        z[n4] = row0[n4] + a0
+        z[n4 + 1] = row0[n4 + 1] + a1
+        z[n4 + 2] = row0[n4 + 2] + a2
+        z[n4 + 3] = row0[n4 + 3] + a3
 
 
-_gate_preacts = _device(_gate_preacts)
+_sparse_preacts = _device(_sparse_preacts)
 
 
-def _forward(x, t, lengths, WxN, WhN, WxT, WhT, bN, w_ci, w_cf, w_co, tau, s, r_on, leak,
-             gate_open, h0, c0, lo, hi, h_seq, hT, cT, store, c_seq, k_c, i_c, f_c, g_c, o_c,
-             ct_c, updated, counts):
-    """Forward kernel, parallel over the batch (each thread writes its own rows).
+def _forward_sparse(x, t, lengths, table, tokens, WxT, WhN, WhT, w_ci, w_cf, w_co, tau, s,
+                    r_on, gate_open, h0, c0, lo, hi, h_seq, hT, cT, store, c_seq, i_c, f_c,
+                    g_c, o_c, tc_c, counts):
+    """Evaluation forward (``leak = 0``), parallel over the batch; closed neurons cost two
+    comparisons.
 
-    ``lo``, ``hi`` (B, H) float64: closed windows, read and updated (streams keep them).
-    With ``store`` the per-step values the backward needs are written to ``c_seq`` ...
-    ``updated`` (B, T, H); without, those arrays may be empty. ``counts`` (B, H) int64 is
-    incremented by the updates computed.
+    The input projection of an event is ``table[tokens[b, j]] + x[b, j] Wx`` (``tokens``
+    of shape (0, 0): ``table[0]``, the bias). ``lo``, ``hi`` (B, H) float64: closed windows,
+    read and updated (streams keep them). With ``store`` the per-step values the backward
+    needs are written to ``c_seq`` ... ``tc_c`` (B, T, H) for the updated neurons (the
+    others are left unwritten); without, those arrays may be empty. ``counts`` (B, H) int64
+    is incremented by the updates computed.
     """
     B, T, D = x.shape
     H = h0.shape[1]
+    one = h0.dtype.type(1.0)
+    use_tokens = tokens.shape[0] > 0
     for b in prange(B):
         h = h0[b].copy()
         c = c0[b].copy()
-        z = np.empty_like(bN)
-        kd = np.empty_like(w_ci)  # k in the model dtype
+        z = np.empty(4 * H, h0.dtype)
         k64 = np.empty(H)
         open_idx = np.empty(H, np.int64)
         L = lengths[b]
@@ -234,216 +377,337 @@ def _forward(x, t, lengths, WxN, WhN, WxT, WhT, bN, w_ci, w_cf, w_co, tau, s, r_
         hi_b = hi[b]
         for j in range(T):
             if j < L:
-                m = _open_neurons(t[b, j], tau, s, r_on, leak, gate_open, lo_b, hi_b, k64,
-                                  open_idx)
-                if store:
-                    for n in range(H):
-                        updated[b, j, n] = 0
+                m = _open_neurons(t[b, j], tau, s, r_on, gate_open, lo_b, hi_b, k64, open_idx)
                 if m > 0:
-                    _gate_preacts(x[b, j], h, WxN, WhN, WxT, WhT, bN, open_idx, m, z)
+                    row0 = table[tokens[b, j]] if use_tokens else table[0]
+                    _sparse_preacts(row0, x[b, j], h, WxT, WhN, WhT, open_idx, m, z)
                 for p in range(m):
                     n = open_idx[p]
-                    kd[n] = k64[n]
-                    k = kd[n]
+                    k = h0.dtype.type(k64[n])
                     cp = c[n]
-                    hp = h[n]
-                    ii = _sigmoid(z[4 * n] + w_ci[n] * cp)
-                    ff = _sigmoid(z[4 * n + 1] + w_cf[n] * cp)
-                    gg = math.tanh(z[4 * n + 2])
-                    ct = ff * cp + ii * gg
-                    oo = _sigmoid(z[4 * n + 3] + w_co[n] * ct)
-                    ht = oo * math.tanh(ct)
-                    c[n] = k * ct + (1 - k) * cp
-                    h[n] = k * ht + (1 - k) * hp
+                    ii, ff, gg, oo, ct, tc = _cell(z[4 * n], z[4 * n + 1], z[4 * n + 2],
+                                                   z[4 * n + 3], cp, w_ci[n], w_cf[n],
+                                                   w_co[n], one)
+                    c[n] = k * ct + (one - k) * cp
+                    h[n] = k * (oo * tc) + (one - k) * h[n]
                     counts[b, n] += 1
                     if store:
-                        updated[b, j, n] = 1
-                        k_c[b, j, n] = k
                         i_c[b, j, n] = ii
                         f_c[b, j, n] = ff
                         g_c[b, j, n] = gg
                         o_c[b, j, n] = oo
-                        ct_c[b, j, n] = ct
-            elif store:
-                for n in range(H):
-                    updated[b, j, n] = 0
-            for n in range(H):
-                h_seq[b, j, n] = h[n]
+                        tc_c[b, j, n] = tc
+            h_seq[b, j] = h
             if store:
-                for n in range(H):
-                    c_seq[b, j, n] = c[n]
-        for n in range(H):
-            hT[b, n] = h[n]
-            cT[b, n] = c[n]
+                c_seq[b, j] = c
+        hT[b] = h
+        cT[b] = c
 
 
-def _backward(dh_seq, dhT, dcT, x, t, lengths, WxT, WhT, w_ci, w_cf, w_co, tau, s, r_on, leak,
-              gate_open, h0, c0, h_seq, c_seq, k_c, i_c, f_c, g_c, o_c, ct_c, updated, dZ, dx,
-              dh0, dc0, dtau, ds, dr_on):
-    """BPTT kernel, parallel over the batch; only updated (sample, step, neuron) triples cost.
+_GEMM_ROWS = 16  # rows per BLAS product in the dense kernels (measured fastest here)
 
-    Writes dZ (B, T, 4H) neuron-major (zero where not updated), dx, dh0, dc0 and the
-    per-sample float64 timing gradients dtau, ds, dr_on (B, H).
+
+def _blocked_dot(a, b, out):
+    """``out = a @ b`` as BLAS products of at most ``_GEMM_ROWS`` rows of ``a``: OpenBLAS is
+    faster per row on such blocks, and runs them on the calling thread."""
+    R = a.shape[0]
+    for r0 in range(0, R, _GEMM_ROWS):
+        r1 = min(R, r0 + _GEMM_ROWS)
+        np.dot(a[r0:r1], b, out[r0:r1])
+
+
+_blocked_dot = _device(_blocked_dot)
+
+
+def _chunk_bounds(chunk, nchunks, B):
+    """Rows [b0, b1) of the batch that chunk ``chunk`` of ``nchunks`` owns."""
+    return chunk * B // nchunks, (chunk + 1) * B // nchunks
+
+
+_chunk_bounds = _device(_chunk_bounds)
+
+
+def _cells_row(z, k, c, h, w_ci, w_cf, w_co, i_out, f_out, g_out, o_out, tc_out, one):
+    """Update every neuron of one sample from its pre-activations ``z`` (gate blocks) and
+    openness ``k``: ``c``, ``h`` in place, the gate values into the ``*_out`` rows. No
+    calls, so LLVM may vectorise it."""
+    H = k.shape[0]
+    for n in range(H):
+        kn = k[n]
+        cp = c[n]
+        ii, ff, gg, oo, ct, tc = _cell(z[n], z[H + n], z[2 * H + n], z[3 * H + n], cp,
+                                       w_ci[n], w_cf[n], w_co[n], one)
+        c[n] = kn * ct + (one - kn) * cp
+        h[n] = kn * (oo * tc) + (one - kn) * h[n]
+        i_out[n] = ii
+        f_out[n] = ff
+        g_out[n] = gg
+        o_out[n] = oo
+        tc_out[n] = tc
+
+
+_cells_row = _device(_cells_row)
+
+
+def _forward_dense(x, t, lengths, Wx, Wh, b_, w_ci, w_cf, w_co, tau, s, r_on, leak,
+                   gate_open, h0, c0, nchunks, h_seq, c_seq, i_c, f_c, g_c, o_c, tc_c, hT,
+                   cT):
+    """Training forward (every neuron updates at every valid step), parallel over
+    ``nchunks`` chunks of the batch, one BLAS product ``h_{j-1} Wh`` per chunk and step
+    (weights in the contract layout: gate blocks).
+
+    Writes ``h_seq``, ``c_seq`` (B, T, H) at every step and the gate values ``i_c`` ...
+    ``tc_c`` at valid steps.
     """
     B, T, D = x.shape
     H = h0.shape[1]
     H4 = 4 * H
-    for b in prange(B):
-        dh = dhT[b].copy()
-        dc = dcT[b].copy()
-        dhn = np.empty_like(dh)
-        open_idx = np.empty(H, np.int64)
-        L = lengths[b]
-        for n in range(H):
-            dtau[b, n] = 0.0
-            ds[b, n] = 0.0
-            dr_on[b, n] = 0.0
-        for j in range(T - 1, -1, -1):
-            for n in range(H):
-                dh[n] += dh_seq[b, j, n]
-            for c in range(H4):
-                dZ[b, j, c] = 0
-            for d in range(D):
-                dx[b, j, d] = 0
-            if j >= L:
-                continue
-            hp = h_seq[b, j - 1] if j > 0 else h0[b]
-            cp = c_seq[b, j - 1] if j > 0 else c0[b]
-            tj = t[b, j]
-            m = 0
-            for n in range(H):
-                if updated[b, j, n] == 0:
-                    dhn[n] = dh[n]
-                    continue
-                open_idx[m] = n
-                m += 1
-                k = k_c[b, j, n]
-                ii = i_c[b, j, n]
-                ff = f_c[b, j, n]
-                gg = g_c[b, j, n]
-                oo = o_c[b, j, n]
-                ct = ct_c[b, j, n]
-                tc = math.tanh(ct)
-                ht = oo * tc
-                if not gate_open:
-                    dk = dc[n] * (ct - cp[n]) + dh[n] * (ht - hp[n])
-                    phi = _phase(tj, tau[n], s[n])
-                    dk_dphi = _gate_dk_dphi(phi, r_on[n], leak)
-                    dtau[b, n] += dk * (dk_dphi * (-(tj - s[n]) / tau[n] ** 2))
-                    ds[b, n] += dk * (-dk_dphi * (1.0 / tau[n]))
-                    dr_on[b, n] += dk * _gate_dk_dr_on(phi, r_on[n])
-                dct = dc[n] * k
-                dht = dh[n] * k
-                dcp = dc[n] * (1 - k)
-                dhn[n] = dh[n] * (1 - k)
-                do = dht * tc
-                dct = dct + dht * oo * (1 - tc * tc)
-                dao = do * oo * (1 - oo)
-                dct = dct + dao * w_co[n]
-                dai = dct * gg * ii * (1 - ii)
-                daf = dct * cp[n] * ff * (1 - ff)
-                dzg = dct * ii * (1 - gg * gg)
-                dc[n] = dcp + dct * ff + dai * w_ci[n] + daf * w_cf[n]
-                dZ[b, j, 4 * n] = dai
-                dZ[b, j, 4 * n + 1] = daf
-                dZ[b, j, 4 * n + 2] = dzg
-                dZ[b, j, 4 * n + 3] = dao
-            dz = dZ[b, j]
-            dxj = dx[b, j]
-            if 4 * m >= H:  # dense: dh_{j-1} += dz Wh^T over all 4H rows of WhT
-                H4r = H4 - H4 % 4
-                for r in range(0, H4r, 4):
-                    d0, d1, d2, d3 = dz[r], dz[r + 1], dz[r + 2], dz[r + 3]
-                    w0, w1, w2, w3 = WhT[r], WhT[r + 1], WhT[r + 2], WhT[r + 3]
-                    for q in range(H):
-                        dhn[q] += (d0 * w0[q] + d1 * w1[q]) + (d2 * w2[q] + d3 * w3[q])
-                    v0, v1, v2, v3 = WxT[r], WxT[r + 1], WxT[r + 2], WxT[r + 3]
+    one = h0.dtype.type(1.0)
+    for chunk in prange(nchunks):
+        b0, b1 = _chunk_bounds(chunk, nchunks, B)
+        h = h0[b0:b1].copy()
+        c = c0[b0:b1].copy()
+        z = np.empty((b1 - b0, H4), h0.dtype)
+        kbuf = np.empty(H, h0.dtype)
+        for j in range(T):
+            _blocked_dot(h, Wh, z)
+            for r in range(b1 - b0):
+                b = b0 + r
+                if j < lengths[b]:
+                    zr = z[r]
+                    for col in range(H4):
+                        zr[col] += b_[col]
                     for d in range(D):
-                        dxj[d] += (d0 * v0[d] + d1 * v1[d]) + (d2 * v2[d] + d3 * v3[d])
-            else:  # sparse: only the open neurons' rows
-                for p in range(m):
-                    n = open_idx[p]
-                    for g in range(4):
-                        r = 4 * n + g
-                        dr = dz[r]
-                        w = WhT[r]
-                        for q in range(H):
-                            dhn[q] += dr * w[q]
-                        v = WxT[r]
-                        for d in range(D):
-                            dxj[d] += dr * v[d]
-            dh, dhn = dhn, dh
-        for n in range(H):
-            dh0[b, n] = dh[n]
-            dc0[b, n] = dc[n]
+                        xd = x[b, j, d]
+                        w = Wx[d]
+                        for col in range(H4):
+                            zr[col] += xd * w[col]
+                    tj = t[b, j]
+                    if gate_open:
+                        kbuf[:] = one
+                    else:  # the time gate, in a loop of its own (it vectorises)
+                        for n in range(H):
+                            kbuf[n] = _gate_openness(_phase_inline(tj, tau[n], s[n]), r_on[n],
+                                                     leak)
+                    _cells_row(zr, kbuf, c[r], h[r], w_ci, w_cf, w_co, i_c[b, j], f_c[b, j],
+                               g_c[b, j], o_c[b, j], tc_c[b, j], one)
+                h_seq[b, j] = h[r]
+                c_seq[b, j] = c[r]
+        hT[b0:b1] = h
+        cT[b0:b1] = c
 
 
-_BLOCK = 8  # neurons per task of the weight-gradient kernel (its rows stay in L1)
+def _cell_grads_row(dh, dc, hp, cp, i_g, f_g, g_g, o_g, tc_g, k, w_ci, w_cf, w_co, dz, timing,
+                    gtau, gs, gr, dtau, ds, dr_on, one):
+    """One sample's step of BPTT through the cells, every neuron: ``dh``, ``dc`` (gradients
+    of the state after the step) become those of the state before it, less the recurrent
+    product ``dz Wh^T``; ``dz`` (gate blocks) gets the pre-activation gradients. With
+    ``timing``, ``dtau``, ``ds``, ``dr_on`` (float64) accumulate dk times ``gtau``, ``gs``,
+    ``gr`` (dk/dtau, dk/ds, dk/dr_on). A neuron with ``k = 0`` and zero factors passes its
+    gradients through unchanged (its stored gate values must be finite). No calls: LLVM may
+    vectorise it."""
+    H = k.shape[0]
+    for n in range(H):
+        kn = k[n]
+        ii = i_g[n]
+        ff = f_g[n]
+        gg = g_g[n]
+        oo = o_g[n]
+        tc = tc_g[n]
+        cpn = cp[n]
+        ct = ff * cpn + ii * gg
+        dhn = dh[n]
+        dcn = dc[n]
+        if timing:
+            dk = dcn * (ct - cpn) + dhn * (oo * tc - hp[n])
+            dtau[n] += dk * gtau[n]
+            ds[n] += dk * gs[n]
+            dr_on[n] += dk * gr[n]
+        dht = dhn * kn
+        dct = dcn * kn + dht * oo * (one - tc * tc)
+        dao = dht * tc * oo * (one - oo)
+        dct = dct + dao * w_co[n]
+        dai = dct * gg * ii * (one - ii)
+        daf = dct * cpn * ff * (one - ff)
+        dzg = dct * ii * (one - gg * gg)
+        dc[n] = dcn * (one - kn) + dct * ff + dai * w_ci[n] + daf * w_cf[n]
+        dh[n] = dhn * (one - kn)
+        dz[n] = dai
+        dz[H + n] = daf
+        dz[2 * H + n] = dzg
+        dz[3 * H + n] = dao
 
 
-def _weight_grads(x, lengths, h0, c0, h_seq, c_seq, ct_c, updated, dZ, dWxT, dWhT, dbN, dw_ci,
-                  dw_cf, dw_co):
-    """Weight gradients from dZ, parallel over blocks of neurons (each task owns its rows):
-    dWhT[4n+g] = sum over updated (b, j) of dz h_{j-1}, likewise dWxT with x_j, dbN, peepholes."""
-    B, T, D = x.shape
-    H = h0.shape[1]
-    nblocks = (H + _BLOCK - 1) // _BLOCK
-    for blk in prange(nblocks):
-        n_lo = blk * _BLOCK
-        n_hi = min(H, n_lo + _BLOCK)
-        for r in range(4 * n_lo, 4 * n_hi):
-            dbN[r] = 0
-            for q in range(H):
-                dWhT[r, q] = 0
-            for d in range(D):
-                dWxT[r, d] = 0
-        for n in range(n_lo, n_hi):
-            dw_ci[n] = 0
-            dw_cf[n] = 0
-            dw_co[n] = 0
-        for b in range(B):
-            for j in range(lengths[b]):
+_cell_grads_row = _device(_cell_grads_row)
+
+
+def _peephole_grads_row(dz, cp, i_g, f_g, g_g, dw_ci, dw_cf, dw_co):
+    """Accumulate one sample-step's peephole gradients (float64) from its ``dz`` (gate
+    blocks): a loop of its own, which LLVM vectorises (fused into the loop above, it would
+    not)."""
+    H = cp.shape[0]
+    for n in range(H):
+        cpn = cp[n]
+        dw_ci[n] += dz[n] * cpn
+        dw_cf[n] += dz[H + n] * cpn
+        dw_co[n] += dz[3 * H + n] * (f_g[n] * cpn + i_g[n] * g_g[n])
+
+
+_peephole_grads_row = _device(_peephole_grads_row)
+
+
+def _backward(dh_seq, dhT, dcT, t, lengths, Wx, WhT, w_ci, w_cf, w_co, tau, s, r_on, leak,
+              gate_open, dense, h0, c0, h_seq, c_seq, i_c, f_c, g_c, o_c, tc_c, nchunks, dZ,
+              dx, dh0, dc0, dtau, ds, dr_on, dpeep):
+    """BPTT kernel, parallel over ``nchunks`` chunks of the batch, one BLAS product
+    ``dz Wh^T`` per chunk and step (``Wx``, ``WhT`` = Wh^T and dZ in gate blocks).
+
+    ``dense``: every neuron was updated at every valid step; otherwise (``leak = 0``) the
+    neurons updated are those with phase on an open piece (recomputed, exactly as the
+    forward found them). Writes dZ (B, T, 4H) (zero where nothing was updated),
+    dx = dZ Wx^T (B, T, D), dh0, dc0, the per-sample float64 timing gradients dtau, ds,
+    dr_on (B, H) and the per-chunk float64 peephole gradients dpeep (nchunks, 3, H).
+    """
+    B, T, H = h_seq.shape
+    H4 = 4 * H
+    D = dx.shape[2]
+    one = h0.dtype.type(1.0)
+    for chunk in prange(nchunks):
+        b0, b1 = _chunk_bounds(chunk, nchunks, B)
+        nb = b1 - b0
+        dh = dhT[b0:b1].copy()
+        dc = dcT[b0:b1].copy()
+        dz = np.zeros((nb, H4), h0.dtype)
+        dhp = np.empty((nb, H), h0.dtype)
+        kbuf = np.empty(H, h0.dtype)
+        gtau = np.zeros(H)
+        gs = np.zeros(H)
+        gr = np.zeros(H)
+        dpeep[chunk] = 0.0
+        for b in range(b0, b1):
+            dtau[b] = 0.0
+            ds[b] = 0.0
+            dr_on[b] = 0.0
+        for j in range(T - 1, -1, -1):
+            for r in range(nb):
+                b = b0 + r
+                dzr = dz[r]
+                for n in range(H):
+                    dh[r, n] += dh_seq[b, j, n]
+                if j >= lengths[b]:  # padded step: state carried, nothing computed
+                    for col in range(H4):
+                        dzr[col] = 0
+                    dx[b, j] = 0
+                    continue
                 hp = h_seq[b, j - 1] if j > 0 else h0[b]
                 cp = c_seq[b, j - 1] if j > 0 else c0[b]
-                xj = x[b, j]
-                dz = dZ[b, j]
-                for n in range(n_lo, n_hi):
-                    if updated[b, j, n] == 0:
+                tj = t[b, j]
+                for n in range(H):  # the time gate and its derivatives, in a loop of its own
+                    if gate_open:
+                        kbuf[n] = one
                         continue
-                    dw_ci[n] += dz[4 * n] * cp[n]
-                    dw_cf[n] += dz[4 * n + 1] * cp[n]
-                    dw_co[n] += dz[4 * n + 3] * ct_c[b, j, n]
-                    for r in range(4 * n, 4 * n + 4):
-                        dr = dz[r]
-                        dbN[r] += dr
-                        row = dWhT[r]
-                        for q in range(H):
-                            row[q] += dr * hp[q]
-                        rowx = dWxT[r]
-                        for d in range(D):
-                            rowx[d] += dr * xj[d]
+                    phi = _phase_inline(tj, tau[n], s[n])
+                    if not dense and phi >= r_on[n]:  # closed: k = 0, state carried
+                        kbuf[n] = 0
+                        gtau[n] = 0.0
+                        gs[n] = 0.0
+                        gr[n] = 0.0
+                        continue
+                    kbuf[n] = _gate_openness(phi, r_on[n], leak)
+                    dk_dphi = _gate_dk_dphi(phi, r_on[n], leak)
+                    gtau[n] = dk_dphi * (-(tj - s[n]) / (tau[n] * tau[n]))
+                    gs[n] = -dk_dphi * (1.0 / tau[n])
+                    gr[n] = _gate_dk_dr_on(phi, r_on[n])
+                _cell_grads_row(dh[r], dc[r], hp, cp, i_c[b, j], f_c[b, j], g_c[b, j],
+                                o_c[b, j], tc_c[b, j], kbuf, w_ci, w_cf, w_co, dzr, not gate_open,
+                                gtau, gs, gr, dtau[b], ds[b], dr_on[b], one)
+                _peephole_grads_row(dzr, cp, i_c[b, j], f_c[b, j], g_c[b, j], dpeep[chunk, 0],
+                                    dpeep[chunk, 1], dpeep[chunk, 2])
+                for d in range(D):
+                    dx[b, j, d] = _dot(dzr, Wx[d])
+                dZ[b, j] = dzr
+            _blocked_dot(dz, WhT, dhp)  # rows of padded steps are zero: dh unchanged
+            for r in range(nb):
+                for n in range(H):
+                    dh[r, n] += dhp[r, n]
+            for r in range(nb):
+                if j >= lengths[b0 + r]:
+                    dZ[b0 + r, j] = 0
+        dh0[b0:b1] = dh
+        dc0[b0:b1] = dc
 
 
-def _readout(h, W, bias, out):
-    """out[r] = bias + h[r] W for every row r of h (R, H); W (H, C). Serial: read-outs of
-    single streams are small, and BLAS threads would contend with the kernels' threads."""
-    R, H = h.shape
-    C = W.shape[1]
+_STEP_BLOCK = 16  # steps per BLAS product of the weight gradient: small enough that
+# OpenBLAS runs it on the calling thread (its own threads contend with the kernel's)
+
+
+def _weight_grads(x, lengths, h0, h_seq, dZ, nchunks, dWhN, dWxN, dbN):
+    """Weight gradients from dZ, parallel over ``nchunks`` chunks of the batch: per sample,
+    ``h_prev^T dZ`` over blocks of its steps as BLAS products (of a size OpenBLAS runs on
+    the calling thread), ``x^T dZ`` and the bias over its valid steps as loops, accumulated
+    into ``dWhN`` (nchunks, H, 4H), ``dWxN`` (nchunks, D, 4H), ``dbN`` (nchunks, 4H)
+    (columns in the layout of dZ): the caller sums over the chunks. Padded steps have
+    dz = 0."""
+    B, T, D = x.shape
+    H = h0.shape[1]
+    H4 = 4 * H
+    for chunk in prange(nchunks):
+        b0, b1 = _chunk_bounds(chunk, nchunks, B)
+        h_prevT = np.empty((H, _STEP_BLOCK), h0.dtype)  # h_{j-1} of a block of steps
+        part = np.empty((H, H4), h0.dtype)
+        dWh = dWhN[chunk]
+        dWx = dWxN[chunk]
+        db = dbN[chunk]
+        dWh[:] = 0
+        dWx[:] = 0
+        db[:] = 0
+        for b in range(b0, b1):
+            for j0 in range(0, T, _STEP_BLOCK):
+                nj = min(_STEP_BLOCK, T - j0)
+                for u in range(nj):
+                    j = j0 + u
+                    hp = h_seq[b, j - 1] if j > 0 else h0[b]
+                    for q in range(H):
+                        h_prevT[q, u] = hp[q]
+                np.dot(h_prevT[:, :nj].copy() if nj < _STEP_BLOCK else h_prevT,
+                       dZ[b, j0:j0 + nj], part)
+                for q in range(H):
+                    for col in range(H4):
+                        dWh[q, col] += part[q, col]
+            for j in range(lengths[b]):  # padded inputs may hold NaN: never read
+                dz = dZ[b, j]
+                for col in range(H4):
+                    db[col] += dz[col]
+                for d in range(D):
+                    xd = x[b, j, d]
+                    for col in range(H4):
+                        dWx[d, col] += xd * dz[col]
+
+
+def _readout(h, WT, bias, out):
+    """out[r] = bias + h[r] W for every row r of h (R, H), with ``WT`` = W^T (C, H).
+    Serial: read-outs of single streams are small."""
+    R = h.shape[0]
+    C = WT.shape[0]
+    C4 = C - C % 4
     for r in range(R):
-        for q in range(C):
-            out[r, q] = bias[q]
-        for k in range(H):
-            hk = h[r, k]
-            if hk != 0:
-                for q in range(C):
-                    out[r, q] += hk * W[k, q]
+        hr = h[r]
+        for q in range(0, C4, 4):  # four outputs per pass over h
+            a0, a1, a2, a3 = _dot4(hr, WT[q], WT[q + 1], WT[q + 2], WT[q + 3])
+            out[r, q] = bias[q] + a0
+            out[r, q + 1] = bias[q + 1] + a1
+            out[r, q + 2] = bias[q + 2] + a2
+            out[r, q + 3] = bias[q + 3] + a3
+        for q in range(C4, C):
+            out[r, q] = bias[q] + _dot(hr, WT[q])
 
 
-forward_kernel = _jit(_forward, parallel=True)
-readout_kernel = _jit(_readout, parallel=False)
-forward_kernel_serial = _jit(_forward, parallel=False)
+forward_kernel = _jit(_forward_sparse, parallel=True)
+forward_kernel_serial = _jit(_forward_sparse, parallel=False)
+forward_dense_kernel = _jit(_forward_dense, parallel=True)
 backward_kernel = _jit(_backward, parallel=True)
 weight_grads_kernel = _jit(_weight_grads, parallel=True)
+readout_kernel = _jit(_readout, parallel=False)
 
 
 # ---------------------------------------------------------------------------- layout
@@ -454,26 +718,24 @@ def to_neuron_major(W):
     return np.ascontiguousarray(W.reshape(K, 4, H).transpose(0, 2, 1).reshape(K, H4))
 
 
-def from_neuron_major(WT):
-    """Inverse of the transpose of :func:`to_neuron_major`: (4H, K) rows ``4 n + g`` ->
-    (K, 4H) in gate blocks."""
-    H4, K = WT.shape
-    H = H4 // 4
-    return np.ascontiguousarray(WT.reshape(H, 4, K).transpose(2, 1, 0).reshape(K, H4))
-
-
 def prepare_params(params, gate_open):
-    """The kernels' view of a layer's parameters: neuron-major weights and their
-    transposes, float64 timing parameters (dummies when ``gate_open``)."""
+    """The kernels' view of a layer's parameters: the weights in the contract layout (and
+    ``Wh^T``) for the dense kernels, neuron-major copies and their transposes for the sparse
+    kernel, float64 timing parameters (dummies when ``gate_open``)."""
     Wx, Wh, b = params["Wx"], params["Wh"], params["b"]
     H = Wh.shape[0]
     WxN = to_neuron_major(Wx)
     WhN = to_neuron_major(Wh)
+    bN = np.ascontiguousarray(b.reshape(4, H).T.reshape(4 * H))
     prepared = dict(
+        # dense kernels: gate blocks [i, f, g, o]
+        Wx=np.ascontiguousarray(Wx), Wh=np.ascontiguousarray(Wh), b=np.ascontiguousarray(b),
+        WhT_gates=np.ascontiguousarray(Wh.T),
+        # sparse kernel: neuron-major
         WxN=WxN, WhN=WhN, WxT=np.ascontiguousarray(WxN.T), WhT=np.ascontiguousarray(WhN.T),
-        bN=np.ascontiguousarray(b.reshape(4, H).T.reshape(4 * H)),
+        bN=bN, bias_table=bN[None, :].copy(),
         w_ci=np.ascontiguousarray(params["w_ci"]), w_cf=np.ascontiguousarray(params["w_cf"]),
-        w_co=np.ascontiguousarray(params["w_co"]),
+        w_co=np.ascontiguousarray(params["w_co"]), gate_open=bool(gate_open),
     )
     if gate_open:
         one = np.ones(H)
@@ -484,9 +746,25 @@ def prepare_params(params, gate_open):
     return prepared
 
 
+def token_table(prepared, E):
+    """Input projections of every token, for a first layer whose first ``E.shape[1]``
+    inputs are an embedding ``E`` (V, De): ``E Wx[:De] + b`` (V, 4H), neuron-major, and the
+    prepared parameters of the remaining inputs (``WxT`` keeps only their columns)."""
+    De = E.shape[1]
+    table = np.ascontiguousarray(E @ prepared["WxN"][:De] + prepared["bN"])
+    rest = dict(prepared, WxT=np.ascontiguousarray(prepared["WxT"][:, De:]))
+    return table, rest
+
+
 def empty_windows(B, H):
     """Closed windows that contain no time (every first phase is computed exactly)."""
     return np.full((B, H), np.inf), np.full((B, H), -np.inf)
+
+
+def _num_chunks(B):
+    """Chunks of the batch for the dense kernels: one per thread (at most B)."""
+    threads = numba.get_num_threads() if config.NUMBA_PARALLEL else 1
+    return max(1, min(B, threads))
 
 
 # ---------------------------------------------------------------------------- contract
@@ -518,32 +796,62 @@ def layer_forward(params, x, t, lengths, h0, c0, leak, gate_open=False):
     H = params["Wh"].shape[0]
     dtype = params["Wh"].dtype
     p = prepare_params(params, gate_open)
-    lo, hi = empty_windows(B, H)
-    h_seq = np.empty((B, T, H), dtype)
-    hT = np.empty((B, H), dtype)
-    cT = np.empty((B, H), dtype)
-    c_seq, k_c, i_c, f_c, g_c, o_c, ct_c = (np.empty((B, T, H), dtype) for _ in range(7))
-    updated = np.empty((B, T, H), np.uint8)
-    counts = np.zeros((B, H), np.int64)
     leak = float(leak)
-    kernel = forward_kernel if B > 1 else forward_kernel_serial
-    kernel(x, t, lengths, p["WxN"], p["WhN"], p["WxT"], p["WhT"], p["bN"], p["w_ci"],
-           p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"], leak, bool(gate_open), h0, c0,
-           lo, hi, h_seq, hT, cT, True, c_seq, k_c, i_c, f_c, g_c, o_c, ct_c, updated, counts)
-    cache = dict(
-        backend="numba", params=params, prepared=p, x=x, t=t, lengths=lengths, h0=h0, c0=c0,
-        leak=leak, gate_open=bool(gate_open), h_seq=h_seq, c_seq=c_seq, k=k_c, i=i_c, f=f_c,
-        g=g_c, o=o_c, ct=ct_c, updated=updated, update_counts=counts,
-        updates=int(counts.sum()),
-    )
+    dense = bool(gate_open) or leak > 0.0
+    cache = dict(backend="numba", params=params, prepared=p, x=x, t=t, lengths=lengths, h0=h0,
+                 c0=c0, leak=leak, gate_open=bool(gate_open), dense=dense)
+    if dense:
+        h_seq = np.empty((B, T, H), dtype)
+        # one block for what BPTT keeps: NumPy backs large blocks with huge pages, which
+        # saves thousands of page faults per call (a measurable part of a training step)
+        c_seq, i_c, f_c, g_c, o_c, tc_c = np.empty((6, B, T, H), dtype)
+        hT = np.empty((B, H), dtype)
+        cT = np.empty((B, H), dtype)
+        forward_dense_kernel(x, t, lengths, p["Wx"], p["Wh"], p["b"], p["w_ci"], p["w_cf"],
+                             p["w_co"], p["tau"], p["s"], p["r_on"], leak, bool(gate_open),
+                             h0, c0, _num_chunks(B), h_seq, c_seq, i_c, f_c, g_c, o_c, tc_c,
+                             hT, cT)
+        counts = np.repeat(lengths[:, None], H, axis=1).astype(np.int64)
+        cache.update(c_seq=c_seq, i=i_c, f=f_c, g=g_c, o=o_c, tanh_ct=tc_c)
+    else:  # evaluation: nothing stored; a backward recomputes what it needs
+        counts = np.zeros((B, H), np.int64)
+        h_seq, (hT, cT) = _forward_sparse_run(p, x, t, lengths, h0, c0, counts, None)
+    cache.update(h_seq=h_seq, update_counts=counts, updates=int(counts.sum()))
     return h_seq, (hT, cT), cache
 
 
-def stream_forward(prepared, x, t, lengths, h0, c0, lo, hi, counts, gate_open):
+def _forward_sparse_run(p, x, t, lengths, h0, c0, counts, stored):
+    """Run the sparse forward kernel from fresh windows; ``stored``: None, or the dict of
+    arrays (B, T, H) to fill with what the backward needs."""
+    B, T, _ = x.shape
+    H = h0.shape[1]
+    dtype = h0.dtype
+    h_seq = np.empty((B, T, H), dtype)
+    hT = np.empty((B, H), dtype)
+    cT = np.empty((B, H), dtype)
+    lo, hi = empty_windows(B, H)
+    if stored is None:
+        none = np.empty((0, 0, 0), dtype)
+        arrays = (none,) * 6
+    else:
+        arrays = tuple(stored[k] for k in ("c_seq", "i", "f", "g", "o", "tanh_ct"))
+    kernel = forward_kernel if B > 1 else forward_kernel_serial
+    kernel(x, t, lengths, p["bias_table"], np.empty((0, 0), np.int64), p["WxT"], p["WhN"],
+           p["WhT"], p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"],
+           p["gate_open"], h0, c0, lo, hi, h_seq, hT, cT, stored is not None, *arrays, counts)
+    return h_seq, (hT, cT)
+
+
+def stream_forward(prepared, x, t, lengths, h0, c0, lo, hi, counts, gate_open, table=None,
+                   tokens=None):
     """Evaluation forward (``leak = 0``) that stores nothing for a backward pass.
 
     For :class:`plstm_np.streaming.Stream`: ``lo``, ``hi`` (B, H) are the streams' closed
-    windows and ``counts`` (B, H) their update counts, both updated in place.
+    windows and ``counts`` (B, H) their update counts, both updated in place; ``gate_open``
+    forces k = 1 (the LSTM). With
+    ``table`` and ``tokens`` (B, T) (see :func:`token_table`), an event's input projection
+    is ``table[token] + x Wx[rest]``; ``prepared`` is then the one :func:`token_table`
+    returned.
 
     Returns
     -------
@@ -558,12 +866,14 @@ def stream_forward(prepared, x, t, lengths, h0, c0, lo, hi, counts, gate_open):
     hT = np.empty((B, H), dtype)
     cT = np.empty((B, H), dtype)
     none = np.empty((0, 0, 0), dtype)
-    kernel = forward_kernel if B > 1 else forward_kernel_serial
     p = prepared
-    kernel(x, t, lengths, p["WxN"], p["WhN"], p["WxT"], p["WhT"], p["bN"], p["w_ci"],
-           p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"], 0.0, bool(gate_open), h0, c0,
-           lo, hi, h_seq, hT, cT, False, none, none, none, none, none, none, none,
-           np.empty((0, 0, 0), np.uint8), counts)
+    if table is None:
+        table, tokens = p["bias_table"], np.empty((0, 0), np.int64)
+    kernel = forward_kernel if B > 1 else forward_kernel_serial
+    kernel(x, t, lengths, table, tokens, p["WxT"], p["WhN"], p["WhT"], p["w_ci"], p["w_cf"],
+           p["w_co"], p["tau"], p["s"], p["r_on"], bool(gate_open), h0, c0, lo, hi, h_seq, hT,
+           cT, False, none,
+           none, none, none, none, none, counts)
     return h_seq, hT, cT
 
 
@@ -572,7 +882,7 @@ def dense_readout(h, W, bias):
     ensure_available()
     h2 = np.ascontiguousarray(h.reshape(-1, W.shape[0]))
     out = np.empty((h2.shape[0], W.shape[1]), W.dtype)
-    readout_kernel(h2, W, bias, out)
+    readout_kernel(h2, np.ascontiguousarray(W.T), bias, out)
     return out.reshape(h.shape[:-1] + (W.shape[1],))
 
 
@@ -593,6 +903,7 @@ def layer_backward(dh_seq, dstate, cache):
     """
     ensure_available()
     params, p, x = cache["params"], cache["prepared"], cache["x"]
+    lengths, h0, h_seq = cache["lengths"], cache["h0"], cache["h_seq"]
     B, T, D = x.shape
     H = params["Wh"].shape[0]
     dtype = params["Wh"].dtype
@@ -602,29 +913,38 @@ def layer_backward(dh_seq, dstate, cache):
         dhT = np.ascontiguousarray(dstate[0], dtype)
         dcT = np.ascontiguousarray(dstate[1], dtype)
     dh_seq = np.ascontiguousarray(dh_seq, dtype)
+    nchunks = _num_chunks(B)
     dZ = np.empty((B, T, 4 * H), dtype)
-    dx = np.empty((B, T, D), dtype)
     dh0, dc0 = np.empty((B, H), dtype), np.empty((B, H), dtype)
     dtau, ds, dr_on = (np.empty((B, H)) for _ in range(3))
+    dpeep = np.empty((nchunks, 3, H))
     gate_open = cache["gate_open"]
-    backward_kernel(dh_seq, dhT, dcT, x, cache["t"], cache["lengths"], p["WxT"], p["WhT"],
-                    p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"], cache["leak"],
-                    gate_open, cache["h0"], cache["c0"], cache["h_seq"], cache["c_seq"],
-                    cache["k"], cache["i"], cache["f"], cache["g"], cache["o"], cache["ct"],
-                    cache["updated"], dZ, dx, dh0, dc0, dtau, ds, dr_on)
-    dWxT = np.empty((4 * H, D), dtype)
-    dWhT = np.empty((4 * H, H), dtype)
-    dbN = np.empty(4 * H, dtype)
-    dw_ci, dw_cf, dw_co = (np.empty(H, dtype) for _ in range(3))
-    weight_grads_kernel(x, cache["lengths"], cache["h0"], cache["c0"], cache["h_seq"],
-                        cache["c_seq"], cache["ct"], cache["updated"], dZ, dWxT, dWhT, dbN,
-                        dw_ci, dw_cf, dw_co)
+    if not cache["dense"]:  # the evaluation forward stored nothing: recompute, storing
+        cache = dict(cache)
+        # zeros: closed neurons' gate values stay finite
+        stored = np.zeros((6, B, T, H), dtype)
+        for name, array in zip(("c_seq", "i", "f", "g", "o", "tanh_ct"), stored):
+            cache[name] = array
+        _forward_sparse_run(p, x, cache["t"], lengths, h0, cache["c0"],
+                            np.zeros((B, H), np.int64), cache)
+    dx = np.empty((B, T, D), dtype)
+    backward_kernel(dh_seq, dhT, dcT, cache["t"], lengths, p["Wx"], p["WhT_gates"], p["w_ci"],
+                    p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"], cache["leak"], gate_open,
+                    cache["dense"], h0, cache["c0"], h_seq, cache["c_seq"], cache["i"],
+                    cache["f"], cache["g"], cache["o"], cache["tanh_ct"], nchunks, dZ, dx, dh0,
+                    dc0, dtau, ds, dr_on, dpeep)
+    dWhN = np.empty((nchunks, H, 4 * H), dtype)
+    dWxN = np.empty((nchunks, D, 4 * H), dtype)
+    dbN = np.empty((nchunks, 4 * H), dtype)
+    weight_grads_kernel(x, lengths, h0, h_seq, dZ, nchunks, dWhN, dWxN, dbN)
+    peep = dpeep.sum(0).astype(dtype)
     grads = {
-        "Wx": from_neuron_major(dWxT),
-        "Wh": from_neuron_major(dWhT),
-        "b": np.ascontiguousarray(dbN.reshape(H, 4).T.reshape(4 * H)),
-        "w_ci": dw_ci, "w_cf": dw_cf, "w_co": dw_co,
-        "x": dx, "h0": dh0, "c0": dc0,
+        "Wx": dWxN.sum(0),
+        "Wh": dWhN.sum(0),
+        "b": dbN.sum(0),
+        "w_ci": peep[0], "w_cf": peep[1], "w_co": peep[2],
+        "x": dx,
+        "h0": dh0, "c0": dc0,
     }
     if not gate_open:
         grads["tau"] = dtau.sum(0).astype(dtype)

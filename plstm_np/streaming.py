@@ -82,11 +82,14 @@ class Stream:
         """Take a fresh snapshot of the model's parameters (after training it further)."""
         self._prepared = [numba_backend.prepare_params(layer.params, layer.gate_open)
                           for layer in self.layers]
+        self._table = None
         if self.network is not None:
             self._readout = (self.network.readout.params["W"].copy(),
                              self.network.readout.params["b"].copy())
             emb = self.network.embedding
-            self._embedding = None if emb is None else emb.params["E"].copy()
+            if emb is not None:  # the first layer sees a precomputed projection per token
+                self._table, self._prepared[0] = numba_backend.token_table(
+                    self._prepared[0], emb.params["E"])
 
     def reset(self):
         """Forget every stream's state: zeros, no events seen, counts zero."""
@@ -179,24 +182,26 @@ class Stream:
             raise TypeError("t is required")
         x3, t3, tok3, lengths, out_shape = self._canonical(x, t, tokens, lengths)
         B, n = t3.shape
+        tokens = None
         if self.network is not None:
             x3, t3, lengths, tok3 = self.network._check_inputs(x3, t3, lengths, tok3)
             inp = x3
-            if self._embedding is not None:
-                emb = self._embedding[tok3]
-                inp = emb if x3 is None else np.concatenate([emb, x3], axis=2)
+            if self._table is not None:  # the embedding is folded into the token table
+                tokens = np.ascontiguousarray(tok3, dtype=np.int64)
+                if inp is None:
+                    inp = np.empty((B, n, 0), self.dtype)
         else:
             inp, t3, lengths = check_sequence_inputs(x3, t3, lengths,
                                                      input_size=self.layers[0].input_size,
                                                      dtype=self.dtype)
-        inp = np.ascontiguousarray(inp)
         for i, layer in enumerate(self.layers):
             h0, c0 = self.states[i]
             lo, hi = self._windows[i]
-            features = layer._features(inp, t3)
+            features = np.ascontiguousarray(layer._features(inp, t3))
+            table = self._table if i == 0 else None
             inp, hT, cT = numba_backend.stream_forward(
-                self._prepared[i], np.ascontiguousarray(features), t3, lengths, h0, c0, lo, hi,
-                self.update_counts[i], layer.gate_open)
+                self._prepared[i], features, t3, lengths, h0, c0, lo, hi, self.update_counts[i],
+                layer.gate_open, table=table, tokens=tokens if i == 0 else None)
             self.states[i] = (hT, cT)
         if self.network is not None:
             W, b = self._readout

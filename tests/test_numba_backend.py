@@ -182,8 +182,8 @@ def test_import_compiles_nothing():
         "import plstm_np, sys\n"
         "assert 'plstm_np.numba_backend' not in sys.modules\n"
         "from plstm_np import numba_backend as nb\n"
-        "kernels = [nb.forward_kernel, nb.forward_kernel_serial, nb.backward_kernel,"
-        " nb.weight_grads_kernel]\n"
+        "kernels = [nb.forward_kernel, nb.forward_kernel_serial, nb.forward_dense_kernel,"
+        " nb.backward_kernel, nb.weight_grads_kernel, nb.readout_kernel]\n"
         "print(sum(len(k.signatures) for k in kernels))\n"
     )
     assert out.strip() == "0"
@@ -200,10 +200,66 @@ def test_fresh_process_loads_kernels_from_cache():
         "x = np.zeros((2, 3, 2)); t = np.arange(6.0).reshape(2, 3)\n"
         "h, s, cache = layer.forward(x, t)\n"
         "layer.backward(np.ones_like(h), cache)\n"
-        "ks = [nb.forward_kernel, nb.backward_kernel, nb.weight_grads_kernel]\n"
+        "ks = [nb.forward_dense_kernel, nb.backward_kernel, nb.weight_grads_kernel]\n"
         "print(sum(sum(k.stats.cache_misses.values()) for k in ks),"
         " sum(sum(k.stats.cache_hits.values()) for k in ks))\n"
     )
     _run(code)  # the first process may have to compile and write the cache
     misses, hits = map(int, _run(code).split())
     assert misses == 0 and hits == 3
+
+
+def test_phase_bitwise_equal_to_numpy():
+    # the kernels' fused multiply-add phase against time_gate.phase, including times on and
+    # one ulp either side of cycle boundaries, negative times and large quotients
+    from plstm_np.time_gate import phase
+
+    rng = np.random.default_rng(8)
+    N = 30000
+    tau = np.exp(rng.uniform(-3.0, 6.0, N))
+    s = rng.uniform(-tau, tau)
+    t = rng.uniform(-50.0, 1e4, N)
+    m = N // 6
+    t[:m] = s[:m] + tau[:m] * rng.integers(-20, 2000, m)
+    t[m:2 * m] = np.nextafter(t[:m], np.inf)
+    t[2 * m:3 * m] = np.nextafter(t[:m], -np.inf)
+    t[3 * m:4 * m] = rng.uniform(-1e-3, 1e-3, m) + s[3 * m:4 * m]
+    expected = phase(t, tau, s)
+    expected = np.where(expected >= 1.0, 0.0, expected)  # scalar_math's convention
+    got = np.array([nb._phase(a, b, c) for a, b, c in zip(t, tau, s)])
+    np.testing.assert_array_equal(got, expected)
+
+    # the inlined copy, in a loop compiled with the kernels' flags (there it vectorises)
+    import numba
+
+    @numba.njit(fastmath=nb._FASTMATH, error_model="numpy")
+    def phases(t, tau, s, out):
+        for n in range(t.shape[0]):
+            out[n] = nb._phase_inline(t[n], tau[n], s[n])
+
+    out = np.empty(N)
+    phases(t, tau, s, out)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_gate_nonlinearities_in_model_dtype():
+    # sigmoid and tanh built on one exp (a polynomial one in float32), against float64 NumPy
+    import numba
+
+    @numba.njit
+    def apply(a, sig, tnh):
+        one = a.dtype.type(1.0)
+        for i in range(a.shape[0]):
+            sig[i] = nb._sigmoid(a[i], one)
+            tnh[i] = nb._tanh(a[i], one)
+
+    a64 = np.concatenate([np.linspace(-120.0, 120.0, 20001), [0.0, -0.0, 1e-30, -1e-30]])
+    for dtype, tol in ((np.float64, 4e-16), (np.float32, 4e-7)):
+        a = a64.astype(dtype)
+        sig, tnh = np.empty_like(a), np.empty_like(a)
+        apply(a, sig, tnh)
+        assert sig.dtype == tnh.dtype == np.dtype(dtype)
+        exact = a.astype(np.float64)
+        assert np.abs(sig - 1.0 / (1.0 + np.exp(-exact))).max() <= tol
+        assert np.abs(tnh - np.tanh(exact)).max() <= tol
+        assert np.all((sig >= 0) & (sig <= 1) & (np.abs(tnh) <= 1))
