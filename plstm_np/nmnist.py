@@ -23,8 +23,9 @@ as in the frequency tasks and a period ``tau`` reads as milliseconds. A recordin
 0 to 336 ms. The paper draws the N-MNIST periods log-uniformly, ``tau = exp(U(lo, hi))``, as
 for its other tasks; its exact range is not reproduced here. In these units we suggest
 ``tau_exp_range=(1, 6)``: tau from e^1 = 2.7 ms (an open window of 0.14 ms at r_on = 0.05,
-a few events) to e^6 = 403 ms (about once per recording). Timestamps stay float64: in
-microseconds (~3e5) float32 would keep only ~0.03 ms resolution.
+a few events) to e^6 = 403 ms (about once per recording). Timestamps stay float64: float32
+spaces values near 3e5 µs 2^-5 µs apart, and far more coarsely once a sensor's clock has run
+for minutes, which is what a 5 % open window of a short period cannot afford.
 """
 from __future__ import annotations
 

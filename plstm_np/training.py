@@ -26,7 +26,7 @@ def _write_json(path, obj):
 
 def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32, rng=None,
           max_grad_norm=None, patience=None, min_delta=0.0, checkpoint=None, log_path=None, progress=True,
-          eval_batch_size=256, max_batches=None, overwrite=False):
+          eval_batch_size=256, max_batches=None, overwrite=False, metadata=None):
     """Train ``net`` with ``optimizer`` and return the per-epoch history.
 
     Parameters
@@ -59,6 +59,9 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
     overwrite : bool
         Allow ``checkpoint`` and ``log_path`` to replace files that exist before training
         starts (by default that raises FileExistsError, so no earlier run is lost).
+    metadata : dict, optional
+        JSON-serialisable information saved in every checkpoint's metadata (e.g. the run's
+        configuration), next to the epoch's record.
 
     Returns
     -------
@@ -112,7 +115,7 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
             best, stale = score, 0
             if checkpoint is not None:
                 net.save(checkpoint, optimizer=optimizer, overwrite=True,
-                         metadata={"epoch": epoch, **{k: v for k, v in record.items()}})
+                         metadata={**(metadata or {}), "epoch": epoch, **record})
         else:
             stale += 1
         if log_path is not None:
