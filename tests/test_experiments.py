@@ -1,0 +1,156 @@
+"""Experiments: every task trains a few steps with both models, the paper's architectures,
+seeded data regenerated exactly, backend fallback, and (slow) the main job's accuracy."""
+import numpy as np
+import pytest
+
+import plstm_np as pl
+from plstm_np import experiments as ex
+from plstm_np.backends import BackendUnavailableError
+
+
+def tiny(task, model="plstm", **kw):
+    cfg = dict(model=model, n_train=4, n_val=4, epochs=1, hidden_size=4, batch_size=2,
+               max_batches=2, rho=0.02, lr=0.01)
+    cfg.update(kw)
+    return ex.default_config(task, **cfg)
+
+
+@pytest.mark.parametrize("model", ex.MODELS)
+@pytest.mark.parametrize("task", sorted(ex.TASK_SPECS))
+def test_every_task_trains_a_few_steps(task, model):
+    run = ex.run_training(tiny(task, model), progress=False)
+    history = run["history"]
+    assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
+    final = run["final"]
+    assert np.isfinite(final["loss"])
+    if ex.TASK_SPECS[task].loss == "cross_entropy":
+        assert 0.0 <= final["accuracy"] <= 1.0
+    dense = final["dense_updates_per_neuron"]
+    if model == "lstm":
+        assert final["updates_per_neuron"][0] == pytest.approx(dense)
+    else:
+        assert final["updates_per_neuron"][0] <= dense
+
+
+def test_paper_architectures():
+    freq = ex.build_model(ex.default_config("freq", backend="numpy"))
+    layer = freq.layers[0]
+    assert isinstance(layer, pl.PhasedLSTM) and not isinstance(layer, pl.LSTM)
+    assert layer.params["Wx"].shape == (1, 440) and freq.output_size == 2
+    tau = layer.params["tau"]
+    assert np.all((tau >= 1.0) & (tau <= np.exp(3.0))) and np.all(layer.params["r_on"] == 0.05)
+    lstm = ex.build_model(ex.default_config("freq", model="lstm", backend="numpy"))
+    assert isinstance(lstm.layers[0], pl.LSTM)
+    assert lstm.layers[0].params["Wx"].shape == (2, 440)  # amplitude + timestamp
+    nm = ex.build_model(ex.default_config("nmnist", backend="numpy"))
+    assert nm.embedding.params["E"].shape == (1156, 40)
+    assert nm.layers[0].input_size == 41 and nm.output_size == 10
+    add = ex.build_model(ex.default_config("adding", tau_exp_range=[6, 8], backend="numpy"))
+    assert add.loss_name == "mse" and add.layers[0].input_size == 2 and add.output_size == 1
+    assert np.all(add.layers[0].params["tau"] >= np.exp(6) - 1e-9)
+    multi = ex.build_model(ex.default_config("multirate", backend="numpy"))
+    assert {"layer0.tau", "layer0.s"} <= multi.frozen
+    assert set(np.round(multi.layers[0].params["tau"], 9)) == {40.0, 10.0}  # 25 Hz and 100 Hz
+
+
+def test_data_is_regenerated_exactly_from_the_seed():
+    cfg = ex.default_config("freq", n_train=20, n_val=10, seed=4)
+    train, val = ex.make_data(cfg)
+    train2, val2 = ex.make_data(cfg)
+    np.testing.assert_array_equal(train.x, train2.x)
+    np.testing.assert_array_equal(val.t, ex.make_val_data(cfg).t)
+    other, _ = ex.make_data(dict(cfg, seed=5))
+    assert not np.allclose(other.t[:, 0], train.t[:, 0])   # another seed, other data
+    assert not np.allclose(train.t[:10, 0], val.t[:, 0])   # train and validation differ
+    hr = ex.make_val_data(dict(cfg, sampling="high_res"))
+    np.testing.assert_allclose(np.diff(hr.t[0, :hr.lengths[0]]), 0.1)
+
+
+def test_real_data_split_is_fixed_and_disjoint():
+    cfg = ex.default_config("digits")
+    train, val = ex.make_data(cfg)
+    assert len(train) + len(val) == 1797 and 170 <= len(val) <= 190  # a 90/10 split
+    train5, val5 = ex.make_data(dict(cfg, seed=5, n_train=100))
+    np.testing.assert_array_equal(val.x, val5.x)     # same validation set for every seed
+    assert len(train5) == 100
+    flat = lambda d: {row.tobytes() for row in d.x[:, :, 0]}
+    images = pl.mnist.load_digits()[0].reshape(-1, 64)
+    assert len({r.tobytes() for r in images}) == len(images)  # no duplicate images ...
+    assert not flat(train) & flat(val)                         # ... so disjoint means disjoint
+
+
+def test_numba_and_numpy_runs_agree():
+    """A short run on each backend: the same losses (the kernels are checked in detail in the
+    backend tests; this checks that the experiment wiring dispatches alike)."""
+    base = dict(n_train=8, n_val=8, hidden_size=5, batch_size=4, epochs=2, lr=0.01)
+    runs = [ex.run_training(ex.default_config("freq", backend=b, **base), progress=False)
+            for b in ("numpy", "numba")]
+    assert runs[1]["config"]["backend"] == "numba"
+    for a, b in zip(*(r["history"] for r in runs)):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-9)
+        assert a["val_accuracy"] == b["val_accuracy"]
+
+
+def test_unavailable_backend_falls_back_to_numpy(monkeypatch):
+    def unavailable(name):
+        raise BackendUnavailableError("no compiler here")
+
+    monkeypatch.setattr(ex, "get_backend", unavailable)
+    messages = []
+    assert ex.resolve_backend("numba", log=messages.append) == "numpy"
+    assert "no compiler here" in messages[0] and "numpy" in messages[0].lower()
+    assert ex.resolve_backend("numpy", log=messages.append) == "numpy"
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("model", "gru", "model must be one of"),
+    ("sampling", "fast", "sampling must be"),
+    ("n_train", 0, "n_train"),
+    ("lr", 0.0, "lr must be > 0"),
+    ("rho", 1.5, "rho"),
+    ("tau_exp_range", [3, 1], "tau_exp_range"),
+    ("no_such_key", 1, "unknown configuration keys"),
+    ("seed", -1, "seed must be"),
+])
+def test_bad_configuration_values(key, value, words):
+    with pytest.raises(ValueError, match=words):
+        ex.default_config("freq", **{key: value})
+    with pytest.raises(ValueError, match="task must be one of"):
+        ex.default_config("nosuchtask")
+    with pytest.raises(ValueError, match="sampling applies"):
+        ex.default_config("adding", sampling="async")
+
+
+def test_reproduce_rejects_unknown_experiments_and_conditions(tmp_path):
+    with pytest.raises(ValueError, match="experiment must be one of"):
+        ex.reproduce("nosuch", tmp_path)
+    with pytest.raises(ValueError, match="not among"):
+        ex.reproduce("adding", tmp_path, quick=True, conditions=["plstm-tau9-10"])
+
+
+def test_reproduce_quick_adding_writes_an_mse_table(tmp_path):
+    results = ex.reproduce("adding", tmp_path, quick=True, log=lambda m: None)
+    assert list(results["conditions"]) == ["plstm-tau0-2", "plstm-tau2-4", "plstm-tau4-6",
+                                           "plstm-tau6-8", "lstm"]
+    table = (tmp_path / "adding" / "results.md").read_text()
+    assert "val. MSE" in table and "| plstm-tau6-8 |" in table
+    assert (tmp_path / "adding" / "fig4b_curves.png").exists()
+
+
+@pytest.mark.slow
+def test_main_job_reaches_clearly_above_chance(tmp_path):
+    """`plstm-np train` with no options: the README's main job."""
+    run = ex.run_training(ex.default_config("frequency"), tmp_path / "main", progress=False)
+    assert run["final"]["accuracy"] > 0.7
+    assert run["seconds"] < 180
+
+
+@pytest.mark.slow
+def test_phased_lstm_beats_lstm_on_async_frequency_discrimination():
+    """The paper's ordering on a short protocol (400 updates each, about a minute each)."""
+    acc = {}
+    for model in ex.MODELS:
+        cfg = ex.default_config("frequency", model=model, n_train=1600, epochs=8)
+        acc[model] = ex.run_training(cfg, progress=False)["final"]["accuracy"]
+    assert acc["plstm"] > acc["lstm"] + 0.05, acc
