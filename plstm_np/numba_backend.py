@@ -48,6 +48,8 @@ dominate a step in which 95 % of the neurons are closed. While a neuron is close
 sparse kernel remembers the window ``[lo, hi)`` of times that are certainly still on the
 closed piece of the same cycle (bounds pulled in by a margin far larger than any rounding),
 so a closed neuron costs two comparisons. Every time outside its window gets the exact phase.
+And while a step's time lies in every closed neuron's window (the largest ``lo`` and the
+smallest ``hi`` are kept), only the neurons open at the previous step are examined at all.
 
 Compilation is lazy: importing this module defines the dispatchers but compiles nothing.
 Each kernel is compiled on its first call, once per dtype, and cached on disk when
@@ -278,10 +280,35 @@ _dot4 = _device(_dot4)
 
 
 # ---------------------------------------------------------------------------- kernels
-def _open_neurons(tj, tau, s, r_on, gate_open, lo, hi, k_out, open_idx):
+def _gate_neuron(n, tj, tau, s, r_on, lo, hi, k_out):
+    """Exact gate of neuron ``n`` at time ``tj`` (evaluation): True when it is open (its
+    openness then in ``k_out[n]``); when closed, record the window of times certainly
+    still on the closed piece of this cycle in ``lo[n]``, ``hi[n]``."""
+    phi = _phase(tj, tau[n], s[n])
+    if phi < r_on[n]:
+        k_out[n] = _gate_openness(phi, r_on[n], 0.0)
+        return True
+    start = tj - phi * tau[n]  # start of the current cycle
+    margin = PHASE_MARGIN * (abs(tj) + abs(s[n]) + tau[n])
+    lo[n] = start + r_on[n] * tau[n] + margin
+    hi[n] = start + tau[n] - margin
+    return False
+
+
+_gate_neuron = _device(_gate_neuron)
+
+
+def _open_neurons(tj, tau, s, r_on, gate_open, lo, hi, k_out, open_idx, m_prev, bounds):
     """Evaluation gate (``leak = 0``): fill ``open_idx[:m]`` with the neurons updated at time
-    ``tj`` and ``k_out`` with their openness (float64); return m. ``lo``, ``hi`` are this
-    stream's closed windows, read and updated. ``gate_open``: every neuron, k = 1."""
+    ``tj`` (increasing) and ``k_out`` with their openness (float64); return m. ``lo``, ``hi``
+    are this stream's closed windows, read and updated. ``gate_open``: every neuron, k = 1.
+
+    ``bounds`` = [max lo, min hi] over the neurons that were closed at the previous call,
+    whose open neurons are ``open_idx[:m_prev]`` (``m_prev < 0``: no previous call). When
+    ``tj`` lies in every closed window (``max lo <= tj < min hi``), only the previously open
+    neurons can be open: the scan of the closed ones (two comparisons each) is skipped.
+    Either way the neurons found open, and their phases, are exactly those of a full scan.
+    """
     H = tau.shape[0]
     m = 0
     if gate_open:
@@ -289,19 +316,32 @@ def _open_neurons(tj, tau, s, r_on, gate_open, lo, hi, k_out, open_idx):
             k_out[n] = 1.0
             open_idx[n] = n
         return H
+    if m_prev >= 0 and bounds[0] <= tj and tj < bounds[1]:
+        max_lo = bounds[0]
+        min_hi = bounds[1]
+        for p in range(m_prev):  # in place: m <= p
+            n = open_idx[p]
+            if _gate_neuron(n, tj, tau, s, r_on, lo, hi, k_out):
+                open_idx[m] = n
+                m += 1
+            else:
+                max_lo = max(max_lo, lo[n])
+                min_hi = min(min_hi, hi[n])
+        bounds[0] = max_lo
+        bounds[1] = min_hi
+        return m
+    max_lo = -np.inf
+    min_hi = np.inf
     for n in range(H):
-        if lo[n] <= tj and tj < hi[n]:
-            continue  # certainly closed: k = 0, state carried
-        phi = _phase(tj, tau[n], s[n])
-        if phi < r_on[n]:
-            k_out[n] = _gate_openness(phi, r_on[n], 0.0)
-            open_idx[m] = n
-            m += 1
-        else:
-            start = tj - phi * tau[n]  # start of the current cycle
-            margin = PHASE_MARGIN * (abs(tj) + abs(s[n]) + tau[n])
-            lo[n] = start + r_on[n] * tau[n] + margin
-            hi[n] = start + tau[n] - margin
+        if not (lo[n] <= tj and tj < hi[n]):  # else certainly closed: k = 0, state carried
+            if _gate_neuron(n, tj, tau, s, r_on, lo, hi, k_out):
+                open_idx[m] = n
+                m += 1
+                continue
+        max_lo = max(max_lo, lo[n])
+        min_hi = min(min_hi, hi[n])
+    bounds[0] = max_lo
+    bounds[1] = min_hi
     return m
 
 
@@ -351,7 +391,7 @@ _sparse_preacts = _device(_sparse_preacts)
 
 def _forward_sparse(x, t, lengths, table, tokens, WxT, WhN, WhT, w_ci, w_cf, w_co, tau, s,
                     r_on, gate_open, h0, c0, lo, hi, h_seq, hT, cT, store, c_seq, i_c, f_c,
-                    g_c, o_c, tc_c, counts):
+                    g_c, o_c, tc_c, counts, rW, rb, y_seq):
     """Evaluation forward (``leak = 0``), parallel over the batch; closed neurons cost two
     comparisons.
 
@@ -361,23 +401,36 @@ def _forward_sparse(x, t, lengths, table, tokens, WxT, WhN, WhT, w_ci, w_cf, w_c
     needs are written to ``c_seq`` ... ``tc_c`` (B, T, H) for the updated neurons (the
     others are left unwritten); without, those arrays may be empty. ``counts`` (B, H) int64
     is incremented by the updates computed.
+
+    Read-out (streams): when ``y_seq`` (B, T, C) is not empty, ``y_seq[b, j] = rb + h_j rW``
+    (``rW`` (H, C), ``rb`` (C,) float64) after every step; ``h_seq`` may then be empty
+    (not written). The read-out is updated incrementally in float64 (the updated neurons'
+    change of h times their rows of ``rW``: a few rows instead of H), and recomputed whole
+    every ``_READOUT_EXACT`` steps of a call, so that rounding cannot accumulate.
     """
     B, T, D = x.shape
     H = h0.shape[1]
     one = h0.dtype.type(1.0)
     use_tokens = tokens.shape[0] > 0
+    readout = y_seq.shape[0] > 0
+    write_h = h_seq.shape[0] > 0
+    C = rW.shape[1]
     for b in prange(B):
         h = h0[b].copy()
         c = c0[b].copy()
+        y = np.zeros(C)
         z = np.empty(4 * H, h0.dtype)
         k64 = np.empty(H)
         open_idx = np.empty(H, np.int64)
+        bounds = np.empty(2)
         L = lengths[b]
         lo_b = lo[b]
         hi_b = hi[b]
+        m = -1  # no previous step: the first one scans every neuron
         for j in range(T):
             if j < L:
-                m = _open_neurons(t[b, j], tau, s, r_on, gate_open, lo_b, hi_b, k64, open_idx)
+                m = _open_neurons(t[b, j], tau, s, r_on, gate_open, lo_b, hi_b, k64, open_idx,
+                                  m, bounds)
                 if m > 0:
                     row0 = table[tokens[b, j]] if use_tokens else table[0]
                     _sparse_preacts(row0, x[b, j], h, WxT, WhN, WhT, open_idx, m, z)
@@ -389,19 +442,40 @@ def _forward_sparse(x, t, lengths, table, tokens, WxT, WhN, WhT, w_ci, w_cf, w_c
                                                    z[4 * n + 3], cp, w_ci[n], w_cf[n],
                                                    w_co[n], one)
                     c[n] = k * ct + (one - k) * cp
-                    h[n] = k * (oo * tc) + (one - k) * h[n]
+                    h_old = h[n]
+                    h[n] = k * (oo * tc) + (one - k) * h_old
                     counts[b, n] += 1
+                    if readout:
+                        dhn = np.float64(h[n]) - np.float64(h_old)
+                        rWn = rW[n]
+                        for q in range(C):
+                            y[q] += dhn * rWn[q]
                     if store:
                         i_c[b, j, n] = ii
                         f_c[b, j, n] = ff
                         g_c[b, j, n] = gg
                         o_c[b, j, n] = oo
                         tc_c[b, j, n] = tc
-            h_seq[b, j] = h
+            if write_h:
+                h_seq[b, j] = h
             if store:
                 c_seq[b, j] = c
+            if readout:
+                if j % _READOUT_EXACT == 0:  # whole, from h (then updated incrementally)
+                    for q in range(C):
+                        y[q] = rb[q]
+                    for n in range(H):
+                        hn = np.float64(h[n])
+                        rWn = rW[n]
+                        for q in range(C):
+                            y[q] += hn * rWn[q]
+                for q in range(C):
+                    y_seq[b, j, q] = y[q]
         hT[b] = h
         cT[b] = c
+
+
+_READOUT_EXACT = 32  # steps between whole recomputations of a stream's read-out
 
 
 _GEMM_ROWS = 16  # rows per BLAS product in the dense kernels (measured fastest here)
@@ -838,12 +912,13 @@ def _forward_sparse_run(p, x, t, lengths, h0, c0, counts, stored):
     kernel = forward_kernel if B > 1 else forward_kernel_serial
     kernel(x, t, lengths, p["bias_table"], np.empty((0, 0), np.int64), p["WxT"], p["WhN"],
            p["WhT"], p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"],
-           p["gate_open"], h0, c0, lo, hi, h_seq, hT, cT, stored is not None, *arrays, counts)
+           p["gate_open"], h0, c0, lo, hi, h_seq, hT, cT, stored is not None, *arrays, counts,
+           np.empty((0, 0)), np.empty(0), np.empty((0, 0, 0), dtype))
     return h_seq, (hT, cT)
 
 
 def stream_forward(prepared, x, t, lengths, h0, c0, lo, hi, counts, gate_open, table=None,
-                   tokens=None):
+                   tokens=None, readout=None):
     """Evaluation forward (``leak = 0``) that stores nothing for a backward pass.
 
     For :class:`plstm_np.streaming.Stream`: ``lo``, ``hi`` (B, H) are the streams' closed
@@ -851,18 +926,23 @@ def stream_forward(prepared, x, t, lengths, h0, c0, lo, hi, counts, gate_open, t
     forces k = 1 (the LSTM). With
     ``table`` and ``tokens`` (B, T) (see :func:`token_table`), an event's input projection
     is ``table[token] + x Wx[rest]``; ``prepared`` is then the one :func:`token_table`
-    returned.
+    returned. With ``readout = (W, b)`` (W (H, C), b (C,)), the read-out ``h W + b`` after
+    every step is computed in the kernel, incrementally (see ``_forward_sparse``).
 
     Returns
     -------
     h_seq : ndarray (B, T, H)
+        Empty (0, 0, 0) with ``readout``.
     h_T, c_T : ndarray (B, H)
+    y_seq : ndarray (B, T, C)
+        Only with ``readout``.
     """
     ensure_available()
     B, T, _ = x.shape
     H = h0.shape[1]
     dtype = h0.dtype
-    h_seq = np.empty((B, T, H), dtype)
+    # with a read-out, the hidden states of every step are not needed (nor written)
+    h_seq = np.empty((B, T, H) if readout is None else (0, 0, 0), dtype)
     hT = np.empty((B, H), dtype)
     cT = np.empty((B, H), dtype)
     none = np.empty((0, 0, 0), dtype)
@@ -870,11 +950,19 @@ def stream_forward(prepared, x, t, lengths, h0, c0, lo, hi, counts, gate_open, t
     if table is None:
         table, tokens = p["bias_table"], np.empty((0, 0), np.int64)
     kernel = forward_kernel if B > 1 else forward_kernel_serial
+    if readout is None:
+        rW, rb, y_seq = np.empty((0, 0)), np.empty(0), np.empty((0, 0, 0), dtype)
+    else:
+        rW = np.ascontiguousarray(readout[0], dtype=np.float64)
+        rb = np.ascontiguousarray(readout[1], dtype=np.float64)
+        y_seq = np.empty((B, T, rW.shape[1]), dtype)
     kernel(x, t, lengths, table, tokens, p["WxT"], p["WhN"], p["WhT"], p["w_ci"], p["w_cf"],
            p["w_co"], p["tau"], p["s"], p["r_on"], bool(gate_open), h0, c0, lo, hi, h_seq, hT,
            cT, False, none,
-           none, none, none, none, none, counts)
-    return h_seq, hT, cT
+           none, none, none, none, none, counts, rW, rb, y_seq)
+    if readout is None:
+        return h_seq, hT, cT
+    return h_seq, hT, cT, y_seq
 
 
 def dense_readout(h, W, bias):

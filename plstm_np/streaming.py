@@ -84,8 +84,8 @@ class Stream:
                           for layer in self.layers]
         self._table = None
         if self.network is not None:
-            self._readout = (self.network.readout.params["W"].copy(),
-                             self.network.readout.params["b"].copy())
+            readout = self.network.readout.params  # float64: the kernel accumulates in it
+            self._readout = (readout["W"].astype(np.float64), readout["b"].astype(np.float64))
             emb = self.network.embedding
             if emb is not None:  # the first layer sees a precomputed projection per token
                 self._table, self._prepared[0] = numba_backend.token_table(
@@ -194,20 +194,21 @@ class Stream:
             inp, t3, lengths = check_sequence_inputs(x3, t3, lengths,
                                                      input_size=self.layers[0].input_size,
                                                      dtype=self.dtype)
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h0, c0 = self.states[i]
             lo, hi = self._windows[i]
             features = np.ascontiguousarray(layer._features(inp, t3))
             table = self._table if i == 0 else None
-            inp, hT, cT = numba_backend.stream_forward(
+            # the top layer's kernel also computes the read-out (incrementally)
+            readout = self._readout if i == last and self.network is not None else None
+            res = numba_backend.stream_forward(
                 self._prepared[i], features, t3, lengths, h0, c0, lo, hi, self.update_counts[i],
-                layer.gate_open, table=table, tokens=tokens if i == 0 else None)
+                layer.gate_open, table=table, tokens=tokens if i == 0 else None,
+                readout=readout)
+            inp, hT, cT = res[:3]
             self.states[i] = (hT, cT)
-        if self.network is not None:
-            W, b = self._readout
-            out = numba_backend.dense_readout(inp, W, b)
-        else:
-            out = inp
+        out = res[3] if self.network is not None else inp
         has = lengths > 0
         self.last_time[has] = t3[has, lengths[has] - 1]
         self.events += lengths

@@ -107,6 +107,29 @@ def test_bare_layer_stream_and_lstm():
         assert rel(got, h[0]) <= STREAM_RTOL
 
 
+@pytest.mark.parametrize("lstm", [False, True])
+def test_long_packets_incremental_readout(lstm):
+    # packets much longer than the kernel's period of exact read-out recomputation (and,
+    # for the Phased LSTM, small r_on: most steps skip the scan of the closed neurons); the
+    # LSTM network updates every neuron at every event
+    rng = np.random.default_rng(6)
+    net = make_network(rng, readout_at="every", lstm=lstm)
+    if not lstm:
+        for layer in net.layers:
+            layer.params["r_on"][:] = rng.uniform(0.02, 0.1, layer.hidden_size)
+    x, t, tokens = recording(net, rng, 2, 300)
+    whole, states, _ = net.forward(x, t, tokens=tokens, training=False)
+    stream = Stream(net, batch=2)
+    # stream 0's last 50 events arrive in a second packet (stream 1's second packet is empty)
+    first = stream.push(x, t, tokens, lengths=np.array([250, 300]))
+    second = stream.push(x[:, 250:], t[:, 250:], tokens[:, 250:], lengths=np.array([50, 0]))
+    assert rel(first[1], whole[1]) <= STREAM_RTOL
+    assert rel(np.concatenate([first[0, :250], second[0]]), whole[0]) <= STREAM_RTOL
+    for (h, c), (h_s, c_s) in zip(states, stream.states):
+        assert rel(h_s, h) <= STREAM_RTOL and rel(c_s, c) <= STREAM_RTOL
+    assert stream.events.tolist() == [300, 300]
+
+
 def test_stream_bad_input():
     rng = np.random.default_rng(5)
     net = make_network(rng)
