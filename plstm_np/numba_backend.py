@@ -70,7 +70,7 @@ from . import config, scalar_math
 
 __all__ = ["layer_forward", "layer_backward", "ensure_available", "to_neuron_major",
            "prepare_params", "empty_windows", "stream_forward",
-           "dense_readout", "token_table", "PHASE_MARGIN"]
+           "token_table", "PHASE_MARGIN"]
 
 #: Relative margin (times ``|t| + |s| + tau``) by which a closed neuron's window of
 #: certainly-closed times is pulled in from the exact cycle bounds; rounding errors of
@@ -758,30 +758,11 @@ def _weight_grads(x, lengths, h0, h_seq, dZ, nchunks, dWhN, dWxN, dbN):
                         dWx[d, col] += xd * dz[col]
 
 
-def _readout(h, WT, bias, out):
-    """out[r] = bias + h[r] W for every row r of h (R, H), with ``WT`` = W^T (C, H).
-    Serial: read-outs of single streams are small."""
-    R = h.shape[0]
-    C = WT.shape[0]
-    C4 = C - C % 4
-    for r in range(R):
-        hr = h[r]
-        for q in range(0, C4, 4):  # four outputs per pass over h
-            a0, a1, a2, a3 = _dot4(hr, WT[q], WT[q + 1], WT[q + 2], WT[q + 3])
-            out[r, q] = bias[q] + a0
-            out[r, q + 1] = bias[q + 1] + a1
-            out[r, q + 2] = bias[q + 2] + a2
-            out[r, q + 3] = bias[q + 3] + a3
-        for q in range(C4, C):
-            out[r, q] = bias[q] + _dot(hr, WT[q])
-
-
 forward_kernel = _jit(_forward_sparse, parallel=True)
 forward_kernel_serial = _jit(_forward_sparse, parallel=False)
 forward_dense_kernel = _jit(_forward_dense, parallel=True)
 backward_kernel = _jit(_backward, parallel=True)
 weight_grads_kernel = _jit(_weight_grads, parallel=True)
-readout_kernel = _jit(_readout, parallel=False)
 
 
 # ---------------------------------------------------------------------------- layout
@@ -963,15 +944,6 @@ def stream_forward(prepared, x, t, lengths, h0, c0, lo, hi, counts, gate_open, t
     if readout is None:
         return h_seq, hT, cT
     return h_seq, hT, cT, y_seq
-
-
-def dense_readout(h, W, bias):
-    """``h @ W + bias`` for h (..., H), computed serially (see ``readout_kernel``)."""
-    ensure_available()
-    h2 = np.ascontiguousarray(h.reshape(-1, W.shape[0]))
-    out = np.empty((h2.shape[0], W.shape[1]), W.dtype)
-    readout_kernel(h2, np.ascontiguousarray(W.T), bias, out)
-    return out.reshape(h.shape[:-1] + (W.shape[1],))
 
 
 def layer_backward(dh_seq, dstate, cache):
