@@ -15,8 +15,9 @@ Two forward kernels:
   through time with one BLAS product ``h_{j-1} Wh`` per step (``np.dot`` in the kernel),
   then a loop for the time gates and a vectorised loop for the cells.
 - *sparse* (``leak == 0``): one sample per task; at each step only the open neurons' four
-  gate rows are computed, contiguous dot products of length H (``WhT``), or one full
-  product when many neurons are open.
+  gate rows are computed, contiguous dot products of length H (``WhTp``), or one full
+  product when many neurons are open; the open neurons' cells are then updated a group of
+  ``_LANES`` at a time by a vectorised loop (see :func:`_open_cells`).
 
 The backward kernel runs the batch chunks through time backwards, with one BLAS product
 ``dz Wh^T`` per step and vectorised loops for the cells; the weight gradients follow, per
@@ -39,8 +40,9 @@ Layout. The kernels take C-contiguous arrays and scalars only; :func:`layer_forw
 :func:`layer_backward` validate nothing (the API boundary did), re-layout and dispatch.
 The dense kernels use the contract layout (gate blocks ``[i, f, g, o]``, so the gate loops
 read contiguous blocks). For the sparse kernel the weights are re-laid out *neuron-major*:
-column ``4 n + g`` of ``WxN`` / ``WhN`` (and row ``4 n + g`` of their transposes ``WxT`` /
-``WhT``) is gate ``g`` of neuron ``n``, so an open neuron's four gate rows are contiguous.
+column ``4 n + g`` of ``WxN`` / ``WhN`` (and row ``4 n + g`` of the transpose ``WhTp``, its
+rows zero-padded to a multiple of ``_DOT_PAD``) is gate ``g`` of neuron ``n``, so an open
+neuron's four gate rows are contiguous.
 
 Skipping without computing every phase. Even computed with one fused multiply-add instead
 of a floating-point ``mod`` (see :func:`_phase`), a phase costs a few ns, which would
@@ -64,6 +66,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from . import config, scalar_math
@@ -135,6 +138,26 @@ def _fma(typingctx, a, b, c):
         f64 = ir.DoubleType()
         fn = builder.module.declare_intrinsic("llvm.fma", [f64], ir.FunctionType(f64, [f64] * 3))
         return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@intrinsic
+def _prefetch(typingctx, array, row, col):
+    """Ask the CPU to start loading ``array[row, col]`` into its caches (LLVM's prefetch
+    hint: no effect on any result)."""
+    sig = numba.types.void(array, row, col)
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        arr = context.make_array(array_type)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, array_type, arr, [args[1], args[2]],
+                                       wraparound=False)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
 
     return sig, codegen
 
@@ -264,21 +287,6 @@ def _dot(a, b):
 _dot = _device(_dot)
 
 
-def _dot4(a, r0, r1, r2, r3):
-    """Four dot products of ``a`` with contiguous rows, in one pass over ``a``."""
-    a0 = a1 = a2 = a3 = a.dtype.type(0.0)
-    for q in range(a.shape[0]):
-        aq = a[q]
-        a0 += aq * r0[q]
-        a1 += aq * r1[q]
-        a2 += aq * r2[q]
-        a3 += aq * r3[q]
-    return a0, a1, a2, a3
-
-
-_dot4 = _device(_dot4)
-
-
 # ---------------------------------------------------------------------------- kernels
 def _gate_neuron(n, tj, tau, s, r_on, lo, hi, k_out):
     """Exact gate of neuron ``n`` at time ``tj`` (evaluation): True when it is open (its
@@ -298,7 +306,8 @@ def _gate_neuron(n, tj, tau, s, r_on, lo, hi, k_out):
 _gate_neuron = _device(_gate_neuron)
 
 
-def _open_neurons(tj, tau, s, r_on, gate_open, lo, hi, k_out, open_idx, m_prev, bounds):
+def _open_neurons(tj, tau, s, r_on, gate_open, lo, hi, k_out, open_idx, m_prev, bounds,
+                  phis):
     """Evaluation gate (``leak = 0``): fill ``open_idx[:m]`` with the neurons updated at time
     ``tj`` (increasing) and ``k_out`` with their openness (float64); return m. ``lo``, ``hi``
     are this stream's closed windows, read and updated. ``gate_open``: every neuron, k = 1.
@@ -330,16 +339,27 @@ def _open_neurons(tj, tau, s, r_on, gate_open, lo, hi, k_out, open_idx, m_prev, 
         bounds[0] = max_lo
         bounds[1] = min_hi
         return m
+    # every neuron's exact phase, and the window of the closed piece of its current cycle,
+    # in a loop LLVM vectorises (no branches); then the open ones are listed
+    for n in range(H):
+        tau_n = tau[n]
+        phi = _phase_inline(tj, tau_n, s[n])
+        phis[n] = phi
+        start = tj - phi * tau_n  # start of the current cycle
+        margin = PHASE_MARGIN * (abs(tj) + abs(s[n]) + tau_n)
+        lo[n] = start + r_on[n] * tau_n + margin
+        hi[n] = start + tau_n - margin
     max_lo = -np.inf
     min_hi = np.inf
     for n in range(H):
-        if not (lo[n] <= tj and tj < hi[n]):  # else certainly closed: k = 0, state carried
-            if _gate_neuron(n, tj, tau, s, r_on, lo, hi, k_out):
-                open_idx[m] = n
-                m += 1
-                continue
-        max_lo = max(max_lo, lo[n])
-        min_hi = min(min_hi, hi[n])
+        phi = phis[n]
+        if phi < r_on[n]:
+            k_out[n] = _gate_openness(phi, r_on[n], 0.0)
+            open_idx[m] = n
+            m += 1
+        else:
+            max_lo = max(max_lo, lo[n])
+            min_hi = min(min_hi, hi[n])
     bounds[0] = max_lo
     bounds[1] = min_hi
     return m
@@ -348,48 +368,115 @@ def _open_neurons(tj, tau, s, r_on, gate_open, lo, hi, k_out, open_idx, m_prev, 
 _open_neurons = _device(_open_neurons)
 
 
-def _sparse_preacts(row0, xj, h, WxT, WhN, WhT, open_idx, m, z):
+def _sparse_preacts(row0, xj, hp, WxN, WhN, WhTp, open_idx, m, z):
     """z[4n:4n+4] = row0 + x_j Wx + h Wh for the m open neurons (neuron-major). ``row0`` is
-    the bias (or a token's precomputed input projection plus bias)."""
-    H = h.shape[0]
+    the bias (or a token's precomputed input projection plus bias); ``hp`` is h padded with
+    zeros to the row length of ``WhTp`` (Wh^T neuron-major, zero-padded columns)."""
+    H = WhN.shape[0]
     H4 = z.shape[0]
     D = xj.shape[0]
     if 4 * m >= H:  # many open: one full product, rows of WhN axpy'd (vectorised)
         for c in range(H4):
             z[c] = row0[c]
-        H4r = H - H % 4
-        for q in range(0, H4r, 4):
-            h0, h1, h2, h3 = h[q], h[q + 1], h[q + 2], h[q + 3]
-            r0, r1, r2, r3 = WhN[q], WhN[q + 1], WhN[q + 2], WhN[q + 3]
-            for c in range(H4):
-                z[c] += (h0 * r0[c] + h1 * r1[c]) + (h2 * r2[c] + h3 * r3[c])
-        for q in range(H4r, H):
-            hq = h[q]
+        for q in range(H):
+            hq = hp[q]
             r = WhN[q]
             for c in range(H4):
                 z[c] += hq * r[c]
-        for p in range(m):
-            n4 = 4 * open_idx[p]
-            for r in range(n4, n4 + 4):
-                if D > 0:
-                    z[r] += _dot(xj, WxT[r])
+        for d in range(D):
+            xd = xj[d]
+            r = WxN[d]
+            for c in range(H4):
+                z[c] += xd * r[c]
         return
+    Hp = hp.shape[0]
     for p in range(m):  # few open: each open neuron's 4 contiguous gate rows
         n4 = 4 * open_idx[p]
-        a0, a1, a2, a3 = _dot4(h, WhT[n4], WhT[n4 + 1], WhT[n4 + 2], WhT[n4 + 3])
-        if D > 0:
-            e0, e1, e2, e3 = _dot4(xj, WxT[n4], WxT[n4 + 1], WxT[n4 + 2], WxT[n4 + 3])
-            a0, a1, a2, a3 = a0 + e0, a1 + e1, a2 + e2, a3 + e3
-        z[n4] = row0[n4] + a0
-        z[n4 + 1] = row0[n4 + 1] + a1
-        z[n4 + 2] = row0[n4 + 2] + a2
-        z[n4 + 3] = row0[n4 + 3] + a3
+        a0 = a1 = a2 = a3 = hp.dtype.type(0.0)
+        for q in range(Hp):  # a multiple of the vector loop's step: no scalar remainder
+            hq = hp[q]
+            a0 += hq * WhTp[n4, q]
+            a1 += hq * WhTp[n4 + 1, q]
+            a2 += hq * WhTp[n4 + 2, q]
+            a3 += hq * WhTp[n4 + 3, q]
+        a0 += row0[n4]
+        a1 += row0[n4 + 1]
+        a2 += row0[n4 + 2]
+        a3 += row0[n4 + 3]
+        for d in range(D):  # inputs beyond a token's projection: few, so gathered by column
+            xd = xj[d]
+            a0 += xd * WxN[d, n4]
+            a1 += xd * WxN[d, n4 + 1]
+            a2 += xd * WxN[d, n4 + 2]
+            a3 += xd * WxN[d, n4 + 3]
+        z[n4] = a0
+        z[n4 + 1] = a1
+        z[n4 + 2] = a2
+        z[n4 + 3] = a3
 
 
 _sparse_preacts = _device(_sparse_preacts)
 
+_DOT_PAD = 64  # WhTp's rows are padded to a multiple of this: LLVM's vectorised dot loop
+# steps through 64 floats (16 lanes, unrolled 4 times) and would do a remainder of up to
+# 63 terms one by one
 
-def _forward_sparse(x, t, lengths, table, tokens, WxT, WhN, WhT, w_ci, w_cf, w_co, tau, s,
+
+_LANES = 8  # open neurons per vectorised group (about r_on * H are open at a time)
+# slots of the group buffer: inputs, then results
+_S_ZI, _S_ZF, _S_ZG, _S_ZO, _S_C, _S_H, _S_WCI, _S_WCF, _S_WCO, _S_K = range(10)
+_S_CNEW, _S_HNEW, _S_I, _S_F, _S_G, _S_O, _S_TC = range(10, 17)
+_SLOTS = 17
+
+
+def _open_cells(p0, open_idx, m, k64, z, c, h, w_ci, w_cf, w_co, buf, one):
+    """Cell updates of the open neurons ``open_idx[p0:p0 + _LANES]`` (fewer at the end of
+    the m): gathered into ``buf``, computed by a loop that LLVM vectorises, the results
+    (new c and h, gates i, f, g, o, tanh(c~)) left in ``buf`` for the caller to scatter.
+
+    ``buf`` is one array addressed at constant offsets (``slot * _LANES + u``), so LLVM sees
+    that the slots do not overlap: with as many separate arrays it would have to check for
+    aliasing at run time, and gives up vectorising. Lanes past the last open neuron compute
+    on zeros and are not read.
+    """
+    cnt = min(_LANES, m - p0)
+    for u in range(_LANES):
+        if u < cnt:
+            n = open_idx[p0 + u]
+            buf[_S_ZI * _LANES + u] = z[4 * n]
+            buf[_S_ZF * _LANES + u] = z[4 * n + 1]
+            buf[_S_ZG * _LANES + u] = z[4 * n + 2]
+            buf[_S_ZO * _LANES + u] = z[4 * n + 3]
+            buf[_S_C * _LANES + u] = c[n]
+            buf[_S_H * _LANES + u] = h[n]
+            buf[_S_WCI * _LANES + u] = w_ci[n]
+            buf[_S_WCF * _LANES + u] = w_cf[n]
+            buf[_S_WCO * _LANES + u] = w_co[n]
+            buf[_S_K * _LANES + u] = k64[n]
+        else:
+            for slot in range(_S_K + 1):
+                buf[slot * _LANES + u] = 0
+    for u in range(_LANES):
+        k = buf[_S_K * _LANES + u]
+        cp = buf[_S_C * _LANES + u]
+        ii, ff, gg, oo, ct, tc = _cell(buf[_S_ZI * _LANES + u], buf[_S_ZF * _LANES + u],
+                                       buf[_S_ZG * _LANES + u], buf[_S_ZO * _LANES + u], cp,
+                                       buf[_S_WCI * _LANES + u], buf[_S_WCF * _LANES + u],
+                                       buf[_S_WCO * _LANES + u], one)
+        buf[_S_CNEW * _LANES + u] = k * ct + (one - k) * cp
+        buf[_S_HNEW * _LANES + u] = k * (oo * tc) + (one - k) * buf[_S_H * _LANES + u]
+        buf[_S_I * _LANES + u] = ii
+        buf[_S_F * _LANES + u] = ff
+        buf[_S_G * _LANES + u] = gg
+        buf[_S_O * _LANES + u] = oo
+        buf[_S_TC * _LANES + u] = tc
+    return cnt
+
+
+_open_cells = _device(_open_cells)
+
+
+def _forward_sparse(x, t, lengths, table, tokens, WxN, WhN, WhTp, w_ci, w_cf, w_co, tau, s,
                     r_on, gate_open, h0, c0, lo, hi, h_seq, hT, cT, store, c_seq, i_c, f_c,
                     g_c, o_c, tc_c, counts, rW, rb, y_seq):
     """Evaluation forward (``leak = 0``), parallel over the batch; closed neurons cost two
@@ -416,11 +503,15 @@ def _forward_sparse(x, t, lengths, table, tokens, WxT, WhN, WhT, w_ci, w_cf, w_c
     write_h = h_seq.shape[0] > 0
     C = rW.shape[1]
     for b in prange(B):
-        h = h0[b].copy()
+        hp = np.zeros(WhTp.shape[1], h0.dtype)  # h, zero-padded for the dot products
+        h = hp[:H]
+        h[:] = h0[b]
         c = c0[b].copy()
+        buf = np.empty(_SLOTS * _LANES, h0.dtype)
         y = np.zeros(C)
         z = np.empty(4 * H, h0.dtype)
         k64 = np.empty(H)
+        phis = np.empty(H)
         open_idx = np.empty(H, np.int64)
         bounds = np.empty(2)
         L = lengths[b]
@@ -430,32 +521,36 @@ def _forward_sparse(x, t, lengths, table, tokens, WxT, WhN, WhT, w_ci, w_cf, w_c
         for j in range(T):
             if j < L:
                 m = _open_neurons(t[b, j], tau, s, r_on, gate_open, lo_b, hi_b, k64, open_idx,
-                                  m, bounds)
+                                  m, bounds, phis)
                 if m > 0:
                     row0 = table[tokens[b, j]] if use_tokens else table[0]
-                    _sparse_preacts(row0, x[b, j], h, WxT, WhN, WhT, open_idx, m, z)
-                for p in range(m):
-                    n = open_idx[p]
-                    k = h0.dtype.type(k64[n])
-                    cp = c[n]
-                    ii, ff, gg, oo, ct, tc = _cell(z[4 * n], z[4 * n + 1], z[4 * n + 2],
-                                                   z[4 * n + 3], cp, w_ci[n], w_cf[n],
-                                                   w_co[n], one)
-                    c[n] = k * ct + (one - k) * cp
-                    h_old = h[n]
-                    h[n] = k * (oo * tc) + (one - k) * h_old
-                    counts[b, n] += 1
-                    if readout:
-                        dhn = np.float64(h[n]) - np.float64(h_old)
-                        rWn = rW[n]
-                        for q in range(C):
-                            y[q] += dhn * rWn[q]
-                    if store:
-                        i_c[b, j, n] = ii
-                        f_c[b, j, n] = ff
-                        g_c[b, j, n] = gg
-                        o_c[b, j, n] = oo
-                        tc_c[b, j, n] = tc
+                    _sparse_preacts(row0, x[b, j], hp, WxN, WhN, WhTp, open_idx, m, z)
+                for p0 in range(0, m, _LANES):
+                    cnt = _open_cells(p0, open_idx, m, k64, z, c, h, w_ci, w_cf, w_co, buf,
+                                      one)
+                    for u in range(cnt):  # scatter the results back
+                        n = open_idx[p0 + u]
+                        c[n] = buf[_S_CNEW * _LANES + u]
+                        h_old = h[n]
+                        h[n] = buf[_S_HNEW * _LANES + u]
+                        counts[b, n] += 1
+                        if readout:
+                            dhn = np.float64(h[n]) - np.float64(h_old)
+                            rWn = rW[n]
+                            for q in range(C):
+                                y[q] += dhn * rWn[q]
+                        if store:
+                            i_c[b, j, n] = buf[_S_I * _LANES + u]
+                            f_c[b, j, n] = buf[_S_F * _LANES + u]
+                            g_c[b, j, n] = buf[_S_G * _LANES + u]
+                            o_c[b, j, n] = buf[_S_O * _LANES + u]
+                            tc_c[b, j, n] = buf[_S_TC * _LANES + u]
+                if use_tokens and j + 1 < L:
+                    # the next event's token row is a random row of a large table: ask
+                    # for the columns of the neurons open now (likely still open) early
+                    token_next = tokens[b, j + 1]
+                    for p in range(m):
+                        _prefetch(table, token_next, 4 * open_idx[p])
             if write_h:
                 h_seq[b, j] = h
             if store:
@@ -773,25 +868,26 @@ def to_neuron_major(W):
     return np.ascontiguousarray(W.reshape(K, 4, H).transpose(0, 2, 1).reshape(K, H4))
 
 
-def prepare_params(params, gate_open):
-    """The kernels' view of a layer's parameters: the weights in the contract layout (and
-    ``Wh^T``) for the dense kernels, neuron-major copies and their transposes for the sparse
-    kernel, float64 timing parameters (dummies when ``gate_open``)."""
+def prepare_params(params, gate_open, dense=True, sparse=True):
+    """The kernels' view of a layer's parameters: with ``dense``, the weights in the
+    contract layout (and ``Wh^T``) for the dense kernels and the backward; with ``sparse``,
+    neuron-major copies (and a padded transpose) for the sparse kernel; always the
+    peepholes and float64 timing parameters (dummies when ``gate_open``)."""
     Wx, Wh, b = params["Wx"], params["Wh"], params["b"]
     H = Wh.shape[0]
-    WxN = to_neuron_major(Wx)
-    WhN = to_neuron_major(Wh)
-    bN = np.ascontiguousarray(b.reshape(4, H).T.reshape(4 * H))
     prepared = dict(
-        # dense kernels: gate blocks [i, f, g, o]
-        Wx=np.ascontiguousarray(Wx), Wh=np.ascontiguousarray(Wh), b=np.ascontiguousarray(b),
-        WhT_gates=np.ascontiguousarray(Wh.T),
-        # sparse kernel: neuron-major
-        WxN=WxN, WhN=WhN, WxT=np.ascontiguousarray(WxN.T), WhT=np.ascontiguousarray(WhN.T),
-        bN=bN, bias_table=bN[None, :].copy(),
         w_ci=np.ascontiguousarray(params["w_ci"]), w_cf=np.ascontiguousarray(params["w_cf"]),
         w_co=np.ascontiguousarray(params["w_co"]), gate_open=bool(gate_open),
     )
+    if dense:  # gate blocks [i, f, g, o]
+        prepared.update(Wx=np.ascontiguousarray(Wx), Wh=np.ascontiguousarray(Wh),
+                        b=np.ascontiguousarray(b), WhT_gates=np.ascontiguousarray(Wh.T))
+    if sparse:  # neuron-major
+        WhN = to_neuron_major(Wh)
+        bN = np.ascontiguousarray(b.reshape(4, H).T.reshape(4 * H))
+        prepared.update(WxN=to_neuron_major(Wx), WhN=WhN,
+                        WhTp=_padded_columns(WhN.T, _DOT_PAD), bN=bN,
+                        bias_table=bN[None, :].copy())
     if gate_open:
         one = np.ones(H)
         prepared.update(tau=one, s=np.zeros(H), r_on=one)
@@ -801,13 +897,22 @@ def prepare_params(params, gate_open):
     return prepared
 
 
+def _padded_columns(A, multiple):
+    """``A`` (R, K) with zero columns appended up to a multiple of ``multiple`` (a new
+    C-contiguous array)."""
+    R, K = A.shape
+    out = np.zeros((R, -(-K // multiple) * multiple), A.dtype)
+    out[:, :K] = A
+    return out
+
+
 def token_table(prepared, E):
     """Input projections of every token, for a first layer whose first ``E.shape[1]``
     inputs are an embedding ``E`` (V, De): ``E Wx[:De] + b`` (V, 4H), neuron-major, and the
-    prepared parameters of the remaining inputs (``WxT`` keeps only their columns)."""
+    prepared parameters of the remaining inputs (``WxN`` keeps only their rows)."""
     De = E.shape[1]
     table = np.ascontiguousarray(E @ prepared["WxN"][:De] + prepared["bN"])
-    rest = dict(prepared, WxT=np.ascontiguousarray(prepared["WxT"][:, De:]))
+    rest = dict(prepared, WxN=np.ascontiguousarray(prepared["WxN"][De:]))
     return table, rest
 
 
@@ -850,9 +955,9 @@ def layer_forward(params, x, t, lengths, h0, c0, leak, gate_open=False):
     B, T, D = x.shape
     H = params["Wh"].shape[0]
     dtype = params["Wh"].dtype
-    p = prepare_params(params, gate_open)
     leak = float(leak)
     dense = bool(gate_open) or leak > 0.0
+    p = prepare_params(params, gate_open, dense=dense, sparse=not dense)
     cache = dict(backend="numba", params=params, prepared=p, x=x, t=t, lengths=lengths, h0=h0,
                  c0=c0, leak=leak, gate_open=bool(gate_open), dense=dense)
     if dense:
@@ -891,8 +996,8 @@ def _forward_sparse_run(p, x, t, lengths, h0, c0, counts, stored):
     else:
         arrays = tuple(stored[k] for k in ("c_seq", "i", "f", "g", "o", "tanh_ct"))
     kernel = forward_kernel if B > 1 else forward_kernel_serial
-    kernel(x, t, lengths, p["bias_table"], np.empty((0, 0), np.int64), p["WxT"], p["WhN"],
-           p["WhT"], p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"],
+    kernel(x, t, lengths, p["bias_table"], np.empty((0, 0), np.int64), p["WxN"], p["WhN"],
+           p["WhTp"], p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"],
            p["gate_open"], h0, c0, lo, hi, h_seq, hT, cT, stored is not None, *arrays, counts,
            np.empty((0, 0)), np.empty(0), np.empty((0, 0, 0), dtype))
     return h_seq, (hT, cT)
@@ -937,7 +1042,7 @@ def stream_forward(prepared, x, t, lengths, h0, c0, lo, hi, counts, gate_open, t
         rW = np.ascontiguousarray(readout[0], dtype=np.float64)
         rb = np.ascontiguousarray(readout[1], dtype=np.float64)
         y_seq = np.empty((B, T, rW.shape[1]), dtype)
-    kernel(x, t, lengths, table, tokens, p["WxT"], p["WhN"], p["WhT"], p["w_ci"], p["w_cf"],
+    kernel(x, t, lengths, table, tokens, p["WxN"], p["WhN"], p["WhTp"], p["w_ci"], p["w_cf"],
            p["w_co"], p["tau"], p["s"], p["r_on"], bool(gate_open), h0, c0, lo, hi, h_seq, hT,
            cT, False, none,
            none, none, none, none, none, counts, rW, rb, y_seq)
@@ -980,6 +1085,7 @@ def layer_backward(dh_seq, dstate, cache):
     dpeep = np.empty((nchunks, 3, H))
     gate_open = cache["gate_open"]
     if not cache["dense"]:  # the evaluation forward stored nothing: recompute, storing
+        p = dict(p, **prepare_params(params, gate_open, sparse=False))
         cache = dict(cache)
         # zeros: closed neurons' gate values stay finite
         stored = np.zeros((6, B, T, H), dtype)

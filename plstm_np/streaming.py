@@ -80,7 +80,7 @@ class Stream:
     # ------------------------------------------------------------------ state
     def refresh(self):
         """Take a fresh snapshot of the model's parameters (after training it further)."""
-        self._prepared = [numba_backend.prepare_params(layer.params, layer.gate_open)
+        self._prepared = [numba_backend.prepare_params(layer.params, layer.gate_open, dense=False)
                           for layer in self.layers]
         self._table = None
         if self.network is not None:
