@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 import plstm_np as pl
+from plstm_np import numba_backend
 from plstm_np.optim import Adam
 from plstm_np.streaming import Stream
 
@@ -204,6 +205,8 @@ def main():
 
         best, median = best_time(step, 2 if backend == "numpy" else repeats)
         train[backend] = dict(seconds=best, median_seconds=median, sample_steps_per_s=B * T / best)
+        if backend == "numba":  # count the arrays a step reuses from the previous one too
+            numba_backend.clear_workspace()
         tracemalloc.start()
         step()
         _, peak = tracemalloc.get_traced_memory()

@@ -1,8 +1,7 @@
 """The ``cuda`` backend: numba.cuda kernels for one Phased LSTM layer, forward and BPTT.
 
 Same equations, names and contract as :mod:`plstm_np.reference`; the scalar gate math is
-:mod:`plstm_np.scalar_math`, compiled here with ``cuda.jit(device=True)`` (the Numba CPU
-backend compiles the same functions with ``njit``).
+:mod:`plstm_np.scalar_math`, compiled here with ``cuda.jit(device=True)``.
 
 Launch structure
 ----------------

@@ -60,6 +60,8 @@ Each kernel is compiled on its first call, once per dtype, and cached on disk wh
 from __future__ import annotations
 
 import math
+import sys
+import threading
 import types
 
 import numba
@@ -69,10 +71,10 @@ from numba import prange
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from . import config, scalar_math
+from . import config
 
 __all__ = ["layer_forward", "layer_backward", "ensure_available", "to_neuron_major",
-           "prepare_params", "empty_windows", "stream_forward",
+           "prepare_params", "empty_windows", "stream_forward", "clear_workspace",
            "token_table", "PHASE_MARGIN"]
 
 #: Relative margin (times ``|t| + |s| + tau``) by which a closed neuron's window of
@@ -86,7 +88,7 @@ _CACHE = bool(config.NUMBA_CACHE) and not config.NUMBA_FASTMATH and bool(config.
 if config.NUMBA_FASTMATH:
     _FASTMATH = True
 elif config.NUMBA_REASSOC:
-    _FASTMATH = {"reassoc"}
+    _FASTMATH = {"reassoc", "contract"}
 else:
     _FASTMATH = False
 _threads_set = False
@@ -111,22 +113,6 @@ def _device(fn):
     """A scalar helper, inlined into the kernels."""
     return numba.njit(fn, fastmath=_FASTMATH, cache=_CACHE, inline="always",
                       error_model="numpy")
-
-
-def _shared_helper(fn, **calls):
-    """Compile a :mod:`plstm_np.scalar_math` helper whose globals name other helpers: a copy
-    of it that sees their compiled versions instead."""
-    scope = dict(fn.__globals__, **calls)
-    copy = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__)
-    copy.__qualname__ = fn.__qualname__
-    copy.__module__ = __name__
-    return _device(copy)
-
-
-_gate_piece = _device(scalar_math.gate_piece)
-_gate_openness = _shared_helper(scalar_math.gate_openness, gate_piece=_gate_piece)
-_gate_dk_dphi = _shared_helper(scalar_math.gate_dk_dphi, gate_piece=_gate_piece)
-_gate_dk_dr_on = _shared_helper(scalar_math.gate_dk_dr_on, gate_piece=_gate_piece)
 
 
 @intrinsic
@@ -162,17 +148,19 @@ def _prefetch(typingctx, array, row, col):
     return sig, codegen
 
 
-def _phase(t, tau, s):
+def _phase(t, tau, inv_tau, s):
     """``((t - s) mod tau) / tau`` in [0, 1), bitwise equal to :func:`scalar_math.phase`
-    (and so to NumPy's) at a third of the cost of a floating-point ``mod``.
+    (and so to NumPy's) at a fraction of the cost of a floating-point ``mod``; ``inv_tau``
+    is ``1 / tau`` (rounded: it only serves to estimate the quotient).
 
     ``fmod(x, tau)`` is exactly ``x - q tau`` with ``q = trunc(x / tau)``, a representable
     number, so one fused multiply-add computes it without rounding once ``q`` is right; the
-    quotient rounded to an integer can be one off, which the sign or size of the remainder
-    reveals. Negative remainders then get NumPy's floor-mod fix-up ``r + tau``.
+    estimate ``trunc(x * inv_tau)`` can be one off (for quotients below 2**51), which the
+    sign or size of the remainder reveals. Negative remainders then get NumPy's floor-mod
+    fix-up ``r + tau``. One division is left: the phase itself.
     """
     x = t - s
-    q = math.trunc(x / tau)
+    q = math.trunc(x * inv_tau)
     r = _fma(-q, tau, x)
     # written with selects rather than branches, so that loops of phases can vectorise
     if x >= 0.0:
@@ -190,6 +178,48 @@ _phase_inline = numba.njit(_phase, cache=_CACHE, error_model="numpy", inline="al
 _phase = numba.njit(_phase, cache=_CACHE, error_model="numpy")
 
 
+def _openness(phi, r_on, two_r, leak):
+    """Openness k at phase ``phi`` (as :func:`scalar_math.gate_openness`, with ``two_r`` =
+    2 / r_on precomputed: a multiplication instead of a division, within an ulp)."""
+    if phi < 0.5 * r_on:
+        return phi * two_r
+    if phi < r_on:
+        return 2.0 - phi * two_r
+    return leak * phi
+
+
+def _dk_dphi(phi, r_on, two_r, leak):
+    """``dk/dphi`` on the piece ``phi`` lies on."""
+    if phi < 0.5 * r_on:
+        return two_r
+    if phi < r_on:
+        return -two_r
+    return leak
+
+
+def _dk_dr_on(phi, r_on, two_r2):
+    """``dk/dr_on`` on the piece ``phi`` lies on (``two_r2`` = 2 / r_on**2)."""
+    if phi < 0.5 * r_on:
+        return -phi * two_r2
+    if phi < r_on:
+        return phi * two_r2
+    return 0.0
+
+
+_openness = _device(_openness)
+_dk_dphi = _device(_dk_dphi)
+_dk_dr_on = _device(_dk_dr_on)
+
+
+def _gate_constants(tau, r_on):
+    """Per-neuron reciprocals the gate loops multiply by: 1 / tau, 2 / r_on, 2 / r_on**2."""
+    two_r = 2.0 / r_on
+    return 1.0 / tau, two_r, two_r / r_on
+
+
+_gate_constants = _device(_gate_constants)
+
+
 def ensure_available():
     """Apply the thread knob once (Numba itself is a hard dependency, so always available)."""
     global _threads_set
@@ -201,12 +231,16 @@ def ensure_available():
 
 # ---------------------------------------------------------------------------- scalar maths
 @intrinsic
-def _float32_from_bits(typingctx, bits):
-    """The float32 whose bit pattern is the int32 ``bits``."""
+def _two_to_biased(typingctx, m):
+    """``2 ** (m - 128)`` as a float32, for an int32 ``m`` in [1, 255]: the exponent bits
+    ``(m - 1) << 23`` reinterpreted (32-bit integer maths throughout: Numba would widen it
+    to 64 bits, which costs conversions in a vectorised loop)."""
     sig = numba.types.float32(numba.types.int32)
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+        i32 = ir.IntType(32)
+        bits = builder.shl(builder.sub(args[0], i32(1)), i32(23))
+        return builder.bitcast(bits, ir.FloatType())
 
     return sig, codegen
 
@@ -217,7 +251,7 @@ _EXP_LO, _EXP_HI = _F32(-87.0), _F32(88.0)
 _LOG2E, _LN2_HI, _LN2_LO = _F32(1.44269504088896341), _F32(0.693359375), _F32(-2.12194440e-4)
 _P0, _P1, _P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
 _P3, _P4, _P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.0000001201e-1)
-_ROUND_OFFSET, _ONE32 = _F32(128.5), _F32(1.0)
+_ROUND_OFFSET, _BIAS32, _ONE32 = _F32(128.5), _F32(128.0), _F32(1.0)
 
 
 def _exp(x):
@@ -232,13 +266,14 @@ def _exp_overload(x):
     if isinstance(x, numba.types.Float) and x.bitwidth == 32:
         def exp32(x):
             x = min(max(x, _EXP_LO), _EXP_HI)
-            # n = round(x / ln2): truncating a positive number (libm's floorf would be a call)
-            ni = np.int32(x * _LOG2E + _ROUND_OFFSET) - np.int32(128)
-            n = _F32(ni)
+            # n = round(x / ln2) as m = n + 128: truncating a positive number (libm's
+            # floorf would be a call)
+            m = np.int32(x * _LOG2E + _ROUND_OFFSET)
+            n = _F32(m) - _BIAS32
             r = (x - n * _LN2_HI) - n * _LN2_LO
             p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
             p = p * r * r + r + _ONE32
-            return p * _float32_from_bits((ni + np.int32(127)) << np.int32(23))
+            return p * _two_to_biased(m)
         return exp32
     return lambda x: math.exp(x)
 
@@ -247,9 +282,8 @@ def _sigmoid(a, one):
     """Logistic function in the dtype of ``a`` (``one`` is 1 in that dtype); one ``exp``,
     no overflow."""
     e = _exp(-abs(a))
-    if a >= 0:
-        return one / (one + e)
-    return e / (one + e)
+    r = one / (one + e)  # one division for both signs (a loop computes both)
+    return r if a >= 0 else e * r
 
 
 def _tanh(a, one):
@@ -276,6 +310,17 @@ def _cell(z_i, z_f, z_g, z_o, cp, w_ci, w_cf, w_co, one):
 _cell = _device(_cell)
 
 
+def _copy(dst, src):
+    """``dst[:] = src`` for two contiguous vectors of the same length, as a loop LLVM
+    vectorises (Numba's slice assignment is a generic strided loop, several times slower
+    on a row of a few hundred values)."""
+    for q in range(src.shape[0]):
+        dst[q] = src[q]
+
+
+_copy = _device(_copy)
+
+
 def _dot(a, b):
     """Dot product of two contiguous vectors (vectorised when sums may be reassociated)."""
     acc = a.dtype.type(0.0)
@@ -288,13 +333,13 @@ _dot = _device(_dot)
 
 
 # ---------------------------------------------------------------------------- kernels
-def _gate_neuron(n, tj, tau, s, r_on, lo, hi, k_out):
+def _gate_neuron(n, tj, tau, inv_tau, s, r_on, two_r, lo, hi, k_out):
     """Exact gate of neuron ``n`` at time ``tj`` (evaluation): True when it is open (its
     openness then in ``k_out[n]``); when closed, record the window of times certainly
     still on the closed piece of this cycle in ``lo[n]``, ``hi[n]``."""
-    phi = _phase(tj, tau[n], s[n])
+    phi = _phase(tj, tau[n], inv_tau[n], s[n])
     if phi < r_on[n]:
-        k_out[n] = _gate_openness(phi, r_on[n], 0.0)
+        k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
         return True
     start = tj - phi * tau[n]  # start of the current cycle
     margin = PHASE_MARGIN * (abs(tj) + abs(s[n]) + tau[n])
@@ -306,8 +351,8 @@ def _gate_neuron(n, tj, tau, s, r_on, lo, hi, k_out):
 _gate_neuron = _device(_gate_neuron)
 
 
-def _open_neurons(tj, tau, s, r_on, gate_open, lo, hi, k_out, open_idx, m_prev, bounds,
-                  phis):
+def _open_neurons(tj, tau, inv_tau, s, r_on, two_r, gate_open, lo, hi, k_out, open_idx, m_prev,
+                  bounds, phis):
     """Evaluation gate (``leak = 0``): fill ``open_idx[:m]`` with the neurons updated at time
     ``tj`` (increasing) and ``k_out`` with their openness (float64); return m. ``lo``, ``hi``
     are this stream's closed windows, read and updated. ``gate_open``: every neuron, k = 1.
@@ -330,7 +375,7 @@ def _open_neurons(tj, tau, s, r_on, gate_open, lo, hi, k_out, open_idx, m_prev, 
         min_hi = bounds[1]
         for p in range(m_prev):  # in place: m <= p
             n = open_idx[p]
-            if _gate_neuron(n, tj, tau, s, r_on, lo, hi, k_out):
+            if _gate_neuron(n, tj, tau, inv_tau, s, r_on, two_r, lo, hi, k_out):
                 open_idx[m] = n
                 m += 1
             else:
@@ -343,7 +388,7 @@ def _open_neurons(tj, tau, s, r_on, gate_open, lo, hi, k_out, open_idx, m_prev, 
     # in a loop LLVM vectorises (no branches); then the open ones are listed
     for n in range(H):
         tau_n = tau[n]
-        phi = _phase_inline(tj, tau_n, s[n])
+        phi = _phase_inline(tj, tau_n, inv_tau[n], s[n])
         phis[n] = phi
         start = tj - phi * tau_n  # start of the current cycle
         margin = PHASE_MARGIN * (abs(tj) + abs(s[n]) + tau_n)
@@ -354,7 +399,7 @@ def _open_neurons(tj, tau, s, r_on, gate_open, lo, hi, k_out, open_idx, m_prev, 
     for n in range(H):
         phi = phis[n]
         if phi < r_on[n]:
-            k_out[n] = _gate_openness(phi, r_on[n], 0.0)
+            k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
             open_idx[m] = n
             m += 1
         else:
@@ -502,6 +547,7 @@ def _forward_sparse(x, t, lengths, table, tokens, WxN, WhN, WhTp, w_ci, w_cf, w_
     readout = y_seq.shape[0] > 0
     write_h = h_seq.shape[0] > 0
     C = rW.shape[1]
+    inv_tau, two_r, _ = _gate_constants(tau, r_on)
     for b in prange(B):
         hp = np.zeros(WhTp.shape[1], h0.dtype)  # h, zero-padded for the dot products
         h = hp[:H]
@@ -520,8 +566,8 @@ def _forward_sparse(x, t, lengths, table, tokens, WxN, WhN, WhTp, w_ci, w_cf, w_
         m = -1  # no previous step: the first one scans every neuron
         for j in range(T):
             if j < L:
-                m = _open_neurons(t[b, j], tau, s, r_on, gate_open, lo_b, hi_b, k64, open_idx,
-                                  m, bounds, phis)
+                m = _open_neurons(t[b, j], tau, inv_tau, s, r_on, two_r, gate_open, lo_b, hi_b,
+                                  k64, open_idx, m, bounds, phis)
                 if m > 0:
                     row0 = table[tokens[b, j]] if use_tokens else table[0]
                     _sparse_preacts(row0, x[b, j], hp, WxN, WhN, WhTp, open_idx, m, z)
@@ -552,9 +598,9 @@ def _forward_sparse(x, t, lengths, table, tokens, WxN, WhN, WhTp, w_ci, w_cf, w_
                     for p in range(m):
                         _prefetch(table, token_next, 4 * open_idx[p])
             if write_h:
-                h_seq[b, j] = h
+                _copy(h_seq[b, j], h)
             if store:
-                c_seq[b, j] = c
+                _copy(c_seq[b, j], c)
             if readout:
                 if j % _READOUT_EXACT == 0:  # whole, from h (then updated incrementally)
                     for q in range(C):
@@ -596,23 +642,45 @@ def _chunk_bounds(chunk, nchunks, B):
 _chunk_bounds = _device(_chunk_bounds)
 
 
-def _cells_row(z, k, c, h, w_ci, w_cf, w_co, i_out, f_out, g_out, o_out, tc_out, one):
-    """Update every neuron of one sample from its pre-activations ``z`` (gate blocks) and
-    openness ``k``: ``c``, ``h`` in place, the gate values into the ``*_out`` rows. No
-    calls, so LLVM may vectorise it."""
+def _gate_row(tj, tau, inv_tau, s, r_on, two_r, leak, phis, k):
+    """The time gate of every neuron at ``tj`` (training: every neuron updates): the phases
+    into ``phis`` (float64), the openness into ``k`` (model dtype). One output per loop,
+    as in the cell loops below."""
     H = k.shape[0]
     for n in range(H):
-        kn = k[n]
-        cp = c[n]
-        ii, ff, gg, oo, ct, tc = _cell(z[n], z[H + n], z[2 * H + n], z[3 * H + n], cp,
-                                       w_ci[n], w_cf[n], w_co[n], one)
-        c[n] = kn * ct + (one - kn) * cp
-        h[n] = kn * (oo * tc) + (one - kn) * h[n]
-        i_out[n] = ii
-        f_out[n] = ff
-        g_out[n] = gg
-        o_out[n] = oo
-        tc_out[n] = tc
+        phis[n] = _phase_inline(tj, tau[n], inv_tau[n], s[n])
+    for n in range(H):
+        k[n] = _openness(phis[n], r_on[n], two_r[n], leak)
+
+
+_gate_row = _device(_gate_row)
+
+
+def _cells_row(z, k, c, h, w_ci, w_cf, w_co, i_out, f_out, g_out, o_out, tc_out, ct, one):
+    """Update every neuron of one sample from its pre-activations ``z`` (gate blocks) and
+    openness ``k``: ``c``, ``h`` in place, the gate values into the ``*_out`` rows, ``ct``
+    (c~) a scratch row.
+
+    One loop per output: LLVM vectorises a loop only when it can rule out overlap between
+    the arrays it writes and those it reads, with run-time checks for every such pair,
+    and gives up beyond a few; a single loop writing all seven rows stays scalar."""
+    H = k.shape[0]
+    for n in range(H):
+        i_out[n] = _sigmoid(z[n] + w_ci[n] * c[n], one)
+    for n in range(H):
+        f_out[n] = _sigmoid(z[H + n] + w_cf[n] * c[n], one)
+    for n in range(H):
+        g_out[n] = _tanh(z[2 * H + n], one)
+    for n in range(H):
+        ct[n] = f_out[n] * c[n] + i_out[n] * g_out[n]
+    for n in range(H):
+        o_out[n] = _sigmoid(z[3 * H + n] + w_co[n] * ct[n], one)
+    for n in range(H):
+        tc_out[n] = _tanh(ct[n], one)
+    for n in range(H):
+        c[n] = k[n] * ct[n] + (one - k[n]) * c[n]
+    for n in range(H):
+        h[n] = k[n] * (o_out[n] * tc_out[n]) + (one - k[n]) * h[n]
 
 
 _cells_row = _device(_cells_row)
@@ -632,12 +700,15 @@ def _forward_dense(x, t, lengths, Wx, Wh, b_, w_ci, w_cf, w_co, tau, s, r_on, le
     H = h0.shape[1]
     H4 = 4 * H
     one = h0.dtype.type(1.0)
+    inv_tau, two_r, _ = _gate_constants(tau, r_on)
     for chunk in prange(nchunks):
         b0, b1 = _chunk_bounds(chunk, nchunks, B)
         h = h0[b0:b1].copy()
         c = c0[b0:b1].copy()
         z = np.empty((b1 - b0, H4), h0.dtype)
         kbuf = np.empty(H, h0.dtype)
+        ct = np.empty(H, h0.dtype)
+        phis = np.empty(H)
         for j in range(T):
             _blocked_dot(h, Wh, z)
             for r in range(b1 - b0):
@@ -651,213 +722,224 @@ def _forward_dense(x, t, lengths, Wx, Wh, b_, w_ci, w_cf, w_co, tau, s, r_on, le
                         w = Wx[d]
                         for col in range(H4):
                             zr[col] += xd * w[col]
-                    tj = t[b, j]
                     if gate_open:
                         kbuf[:] = one
-                    else:  # the time gate, in a loop of its own (it vectorises)
-                        for n in range(H):
-                            kbuf[n] = _gate_openness(_phase_inline(tj, tau[n], s[n]), r_on[n],
-                                                     leak)
+                    else:
+                        _gate_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis, kbuf)
                     _cells_row(zr, kbuf, c[r], h[r], w_ci, w_cf, w_co, i_c[b, j], f_c[b, j],
-                               g_c[b, j], o_c[b, j], tc_c[b, j], one)
-                h_seq[b, j] = h[r]
-                c_seq[b, j] = c[r]
+                               g_c[b, j], o_c[b, j], tc_c[b, j], ct, one)
+                _copy(h_seq[b, j], h[r])
+                _copy(c_seq[b, j], c[r])
         hT[b0:b1] = h
         cT[b0:b1] = c
 
 
+def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, two_r2, leak, dense, phis, k, gtau, gs,
+                    gr):
+    """The time gate of every neuron at ``tj`` and its derivatives, for the backward:
+    ``k`` (model dtype) and, float64, ``gtau``, ``gs``, ``gr`` = dk/dtau, dk/ds, dk/dr_on.
+    ``dense``: every neuron was updated; otherwise only those on an open piece (exactly as
+    the forward found them), the others get k = 0 and zero derivatives. One output per
+    loop (see :func:`_cells_row`)."""
+    H = k.shape[0]
+    for n in range(H):
+        phis[n] = _phase_inline(tj, tau[n], inv_tau[n], s[n])
+    for n in range(H):
+        updated = dense or phis[n] < r_on[n]
+        k[n] = _openness(phis[n], r_on[n], two_r[n], leak) if updated else 0.0
+    for n in range(H):
+        updated = dense or phis[n] < r_on[n]
+        dk_dphi = _dk_dphi(phis[n], r_on[n], two_r[n], leak) if updated else 0.0
+        gtau[n] = dk_dphi * (-(tj - s[n]) * (inv_tau[n] * inv_tau[n]))
+    for n in range(H):
+        updated = dense or phis[n] < r_on[n]
+        dk_dphi = _dk_dphi(phis[n], r_on[n], two_r[n], leak) if updated else 0.0
+        gs[n] = -dk_dphi * inv_tau[n]
+    for n in range(H):
+        updated = dense or phis[n] < r_on[n]
+        gr[n] = _dk_dr_on(phis[n], r_on[n], two_r2[n]) if updated else 0.0
+
+
+_gate_grads_row = _device(_gate_grads_row)
+
+
 def _cell_grads_row(dh, dc, hp, cp, i_g, f_g, g_g, o_g, tc_g, k, w_ci, w_cf, w_co, dz, timing,
-                    gtau, gs, gr, dtau, ds, dr_on, one):
+                    gtau, gs, gr, dtau, ds, dr_on, dw_ci, dw_cf, dw_co, ct, dk, dct, one):
     """One sample's step of BPTT through the cells, every neuron: ``dh``, ``dc`` (gradients
     of the state after the step) become those of the state before it, less the recurrent
     product ``dz Wh^T``; ``dz`` (gate blocks) gets the pre-activation gradients. With
     ``timing``, ``dtau``, ``ds``, ``dr_on`` (float64) accumulate dk times ``gtau``, ``gs``,
-    ``gr`` (dk/dtau, dk/ds, dk/dr_on). A neuron with ``k = 0`` and zero factors passes its
-    gradients through unchanged (its stored gate values must be finite). No calls: LLVM may
-    vectorise it."""
+    ``gr``; ``dw_ci`` ... (float64) accumulate the peephole gradients. ``ct``, ``dk``,
+    ``dct`` are scratch rows. A neuron with ``k = 0`` and zero factors passes its
+    gradients through unchanged (its stored gate values must be finite). One output per
+    loop (see :func:`_cells_row`)."""
     H = k.shape[0]
     for n in range(H):
-        kn = k[n]
-        ii = i_g[n]
-        ff = f_g[n]
-        gg = g_g[n]
+        ct[n] = f_g[n] * cp[n] + i_g[n] * g_g[n]
+    if timing:  # from the state gradients before they are updated
+        for n in range(H):
+            dk[n] = dc[n] * (ct[n] - cp[n]) + dh[n] * (o_g[n] * tc_g[n] - hp[n])
+        for n in range(H):
+            dtau[n] += dk[n] * gtau[n]
+        for n in range(H):
+            ds[n] += dk[n] * gs[n]
+        for n in range(H):
+            dr_on[n] += dk[n] * gr[n]
+    for n in range(H):  # dz_o
         oo = o_g[n]
+        dz[3 * H + n] = dh[n] * k[n] * tc_g[n] * oo * (one - oo)
+    for n in range(H):
         tc = tc_g[n]
-        cpn = cp[n]
-        ct = ff * cpn + ii * gg
-        dhn = dh[n]
-        dcn = dc[n]
-        if timing:
-            dk = dcn * (ct - cpn) + dhn * (oo * tc - hp[n])
-            dtau[n] += dk * gtau[n]
-            ds[n] += dk * gs[n]
-            dr_on[n] += dk * gr[n]
-        dht = dhn * kn
-        dct = dcn * kn + dht * oo * (one - tc * tc)
-        dao = dht * tc * oo * (one - oo)
-        dct = dct + dao * w_co[n]
-        dai = dct * gg * ii * (one - ii)
-        daf = dct * cpn * ff * (one - ff)
-        dzg = dct * ii * (one - gg * gg)
-        dc[n] = dcn * (one - kn) + dct * ff + dai * w_ci[n] + daf * w_cf[n]
-        dh[n] = dhn * (one - kn)
-        dz[n] = dai
-        dz[H + n] = daf
-        dz[2 * H + n] = dzg
-        dz[3 * H + n] = dao
+        dct[n] = (dc[n] * k[n] + dh[n] * k[n] * o_g[n] * (one - tc * tc)
+                  + dz[3 * H + n] * w_co[n])
+    for n in range(H):  # dz_i
+        ii = i_g[n]
+        dz[n] = dct[n] * g_g[n] * ii * (one - ii)
+    for n in range(H):  # dz_f
+        ff = f_g[n]
+        dz[H + n] = dct[n] * cp[n] * ff * (one - ff)
+    for n in range(H):  # dz_g
+        gg = g_g[n]
+        dz[2 * H + n] = dct[n] * i_g[n] * (one - gg * gg)
+    for n in range(H):
+        dc[n] = (dc[n] * (one - k[n]) + dct[n] * f_g[n] + dz[n] * w_ci[n]
+                 + dz[H + n] * w_cf[n])
+    for n in range(H):
+        dh[n] = dh[n] * (one - k[n])
+    for n in range(H):
+        dw_ci[n] += dz[n] * cp[n]
+    for n in range(H):
+        dw_cf[n] += dz[H + n] * cp[n]
+    for n in range(H):
+        dw_co[n] += dz[3 * H + n] * ct[n]
 
 
 _cell_grads_row = _device(_cell_grads_row)
 
 
-def _peephole_grads_row(dz, cp, i_g, f_g, g_g, dw_ci, dw_cf, dw_co):
-    """Accumulate one sample-step's peephole gradients (float64) from its ``dz`` (gate
-    blocks): a loop of its own, which LLVM vectorises (fused into the loop above, it would
-    not)."""
-    H = cp.shape[0]
-    for n in range(H):
-        cpn = cp[n]
-        dw_ci[n] += dz[n] * cpn
-        dw_cf[n] += dz[H + n] * cpn
-        dw_co[n] += dz[3 * H + n] * (f_g[n] * cpn + i_g[n] * g_g[n])
+_WG_STEPS = 8  # steps of a chunk per BLAS product of the weight gradient h_{j-1}^T dz
 
 
-_peephole_grads_row = _device(_peephole_grads_row)
+def _add_product_rows(a_ring, b_ring, steps, part, out):
+    """``out += A^T B`` for the first ``steps`` slabs of two rings (steps, rows, .) of
+    step-major rows: one BLAS product into ``part``, then one pass adding it."""
+    rows = steps * a_ring.shape[1]
+    a = a_ring.reshape(a_ring.shape[0] * a_ring.shape[1], a_ring.shape[2])[:rows]
+    b = b_ring.reshape(b_ring.shape[0] * b_ring.shape[1], b_ring.shape[2])[:rows]
+    np.dot(a.T, b, part)
+    for q in range(out.shape[0]):
+        for col in range(out.shape[1]):
+            out[q, col] += part[q, col]
 
 
-def _backward(dh_seq, dhT, dcT, t, lengths, Wx, WhT, w_ci, w_cf, w_co, tau, s, r_on, leak,
-              gate_open, dense, h0, c0, h_seq, c_seq, i_c, f_c, g_c, o_c, tc_c, nchunks, dZ,
-              dx, dh0, dc0, dtau, ds, dr_on, dpeep):
-    """BPTT kernel, parallel over ``nchunks`` chunks of the batch, one BLAS product
-    ``dz Wh^T`` per chunk and step (``Wx``, ``WhT`` = Wh^T and dZ in gate blocks).
+_add_product_rows = _device(_add_product_rows)
+
+
+def _backward(dh_seq, dhT, dcT, x, t, lengths, Wx, WhT, w_ci, w_cf, w_co, tau, s, r_on, leak,
+              gate_open, dense, h0, c0, h_seq, c_seq, i_c, f_c, g_c, o_c, tc_c, nchunks, dx,
+              dh0, dc0, dtau, ds, dr_on, dpeep, dWhN, dWxN, dbN):
+    """BPTT kernel, parallel over ``nchunks`` chunks of the batch (``Wx``, ``WhT`` = Wh^T
+    and the pre-activation gradients dz in gate blocks).
 
     ``dense``: every neuron was updated at every valid step; otherwise (``leak = 0``) the
     neurons updated are those with phase on an open piece (recomputed, exactly as the
-    forward found them). Writes dZ (B, T, 4H) (zero where nothing was updated),
-    dx = dZ Wx^T (B, T, D), dh0, dc0, the per-sample float64 timing gradients dtau, ds,
-    dr_on (B, H) and the per-chunk float64 peephole gradients dpeep (nchunks, 3, H).
+    forward found them). Per chunk and step, after the cells: two BLAS products, ``dz Wh^T``
+    (into dh) and ``h_{j-1}^T dz`` (into the chunk's dWh), so dz never leaves the cache
+    and is never stored. Writes dx = dz Wx^T (B, T, D), dh0, dc0, the per-sample float64
+    timing gradients dtau, ds, dr_on (B, H) and, per chunk, the float64 peephole gradients
+    dpeep (nchunks, 3, H) and the weight gradients dWhN (nchunks, H, 4H), dWxN (nchunks, D,
+    4H), dbN (nchunks, 4H): the caller sums over the chunks.
     """
     B, T, H = h_seq.shape
     H4 = 4 * H
     D = dx.shape[2]
     one = h0.dtype.type(1.0)
+    inv_tau, two_r, two_r2 = _gate_constants(tau, r_on)
     for chunk in prange(nchunks):
         b0, b1 = _chunk_bounds(chunk, nchunks, B)
         nb = b1 - b0
         dh = dhT[b0:b1].copy()
         dc = dcT[b0:b1].copy()
-        dz = np.zeros((nb, H4), h0.dtype)
+        # the last _WG_STEPS steps' dz and h_{j-1} of the chunk, for h_prev^T dz
+        dz_ring = np.empty((_WG_STEPS, nb, H4), h0.dtype)
+        h_ring = np.empty((_WG_STEPS, nb, H), h0.dtype)
+        filled = 0
         dhp = np.empty((nb, H), h0.dtype)
-        kbuf = np.empty(H, h0.dtype)
-        gtau = np.zeros(H)
-        gs = np.zeros(H)
-        gr = np.zeros(H)
-        dpeep[chunk] = 0.0
-        for b in range(b0, b1):
-            dtau[b] = 0.0
-            ds[b] = 0.0
-            dr_on[b] = 0.0
-        for j in range(T - 1, -1, -1):
-            for r in range(nb):
-                b = b0 + r
-                dzr = dz[r]
-                for n in range(H):
-                    dh[r, n] += dh_seq[b, j, n]
-                if j >= lengths[b]:  # padded step: state carried, nothing computed
-                    for col in range(H4):
-                        dzr[col] = 0
-                    dx[b, j] = 0
-                    continue
-                hp = h_seq[b, j - 1] if j > 0 else h0[b]
-                cp = c_seq[b, j - 1] if j > 0 else c0[b]
-                tj = t[b, j]
-                for n in range(H):  # the time gate and its derivatives, in a loop of its own
-                    if gate_open:
-                        kbuf[n] = one
-                        continue
-                    phi = _phase_inline(tj, tau[n], s[n])
-                    if not dense and phi >= r_on[n]:  # closed: k = 0, state carried
-                        kbuf[n] = 0
-                        gtau[n] = 0.0
-                        gs[n] = 0.0
-                        gr[n] = 0.0
-                        continue
-                    kbuf[n] = _gate_openness(phi, r_on[n], leak)
-                    dk_dphi = _gate_dk_dphi(phi, r_on[n], leak)
-                    gtau[n] = dk_dphi * (-(tj - s[n]) / (tau[n] * tau[n]))
-                    gs[n] = -dk_dphi * (1.0 / tau[n])
-                    gr[n] = _gate_dk_dr_on(phi, r_on[n])
-                _cell_grads_row(dh[r], dc[r], hp, cp, i_c[b, j], f_c[b, j], g_c[b, j],
-                                o_c[b, j], tc_c[b, j], kbuf, w_ci, w_cf, w_co, dzr, not gate_open,
-                                gtau, gs, gr, dtau[b], ds[b], dr_on[b], one)
-                _peephole_grads_row(dzr, cp, i_c[b, j], f_c[b, j], g_c[b, j], dpeep[chunk, 0],
-                                    dpeep[chunk, 1], dpeep[chunk, 2])
-                for d in range(D):
-                    dx[b, j, d] = _dot(dzr, Wx[d])
-                dZ[b, j] = dzr
-            _blocked_dot(dz, WhT, dhp)  # rows of padded steps are zero: dh unchanged
-            for r in range(nb):
-                for n in range(H):
-                    dh[r, n] += dhp[r, n]
-            for r in range(nb):
-                if j >= lengths[b0 + r]:
-                    dZ[b0 + r, j] = 0
-        dh0[b0:b1] = dh
-        dc0[b0:b1] = dc
-
-
-_STEP_BLOCK = 16  # steps per BLAS product of the weight gradient: small enough that
-# OpenBLAS runs it on the calling thread (its own threads contend with the kernel's)
-
-
-def _weight_grads(x, lengths, h0, h_seq, dZ, nchunks, dWhN, dWxN, dbN):
-    """Weight gradients from dZ, parallel over ``nchunks`` chunks of the batch: per sample,
-    ``h_prev^T dZ`` over blocks of its steps as BLAS products (of a size OpenBLAS runs on
-    the calling thread), ``x^T dZ`` and the bias over its valid steps as loops, accumulated
-    into ``dWhN`` (nchunks, H, 4H), ``dWxN`` (nchunks, D, 4H), ``dbN`` (nchunks, 4H)
-    (columns in the layout of dZ): the caller sums over the chunks. Padded steps have
-    dz = 0."""
-    B, T, D = x.shape
-    H = h0.shape[1]
-    H4 = 4 * H
-    for chunk in prange(nchunks):
-        b0, b1 = _chunk_bounds(chunk, nchunks, B)
-        h_prevT = np.empty((H, _STEP_BLOCK), h0.dtype)  # h_{j-1} of a block of steps
         part = np.empty((H, H4), h0.dtype)
+        kbuf = np.empty(H, h0.dtype)
+        ct = np.empty(H, h0.dtype)
+        dk = np.empty(H, h0.dtype)
+        dct = np.empty(H, h0.dtype)
+        phis = np.empty(H)
+        gtau = np.empty(H)
+        gs = np.empty(H)
+        gr = np.empty(H)
         dWh = dWhN[chunk]
         dWx = dWxN[chunk]
         db = dbN[chunk]
         dWh[:] = 0
         dWx[:] = 0
         db[:] = 0
+        dpeep[chunk] = 0.0
         for b in range(b0, b1):
-            for j0 in range(0, T, _STEP_BLOCK):
-                nj = min(_STEP_BLOCK, T - j0)
-                for u in range(nj):
-                    j = j0 + u
-                    hp = h_seq[b, j - 1] if j > 0 else h0[b]
-                    for q in range(H):
-                        h_prevT[q, u] = hp[q]
-                np.dot(h_prevT[:, :nj].copy() if nj < _STEP_BLOCK else h_prevT,
-                       dZ[b, j0:j0 + nj], part)
-                for q in range(H):
+            dtau[b] = 0.0
+            ds[b] = 0.0
+            dr_on[b] = 0.0
+        for j in range(T - 1, -1, -1):
+            dz = dz_ring[filled]
+            h_prev = h_ring[filled]
+            any_valid = False
+            for r in range(nb):
+                b = b0 + r
+                dzr = dz[r]
+                for n in range(H):
+                    dh[r, n] += dh_seq[b, j, n]
+                hp = h_seq[b, j - 1] if j > 0 else h0[b]
+                _copy(h_prev[r], hp)
+                if j >= lengths[b]:  # padded step: state carried, nothing computed
                     for col in range(H4):
-                        dWh[q, col] += part[q, col]
-            for j in range(lengths[b]):  # padded inputs may hold NaN: never read
-                dz = dZ[b, j]
-                for col in range(H4):
-                    db[col] += dz[col]
-                for d in range(D):
+                        dzr[col] = 0
+                    dx[b, j] = 0
+                    continue
+                any_valid = True
+                cp = c_seq[b, j - 1] if j > 0 else c0[b]
+                if gate_open:
+                    kbuf[:] = one
+                else:
+                    _gate_grads_row(t[b, j], tau, inv_tau, s, r_on, two_r, two_r2, leak, dense,
+                                    phis, kbuf, gtau, gs, gr)
+                _cell_grads_row(dh[r], dc[r], hp, cp, i_c[b, j], f_c[b, j], g_c[b, j],
+                                o_c[b, j], tc_c[b, j], kbuf, w_ci, w_cf, w_co, dzr, not gate_open,
+                                gtau, gs, gr, dtau[b], ds[b], dr_on[b], dpeep[chunk, 0],
+                                dpeep[chunk, 1], dpeep[chunk, 2], ct, dk, dct, one)
+                for d in range(D):  # padded inputs may hold NaN: only valid steps read x
+                    dx[b, j, d] = _dot(dzr, Wx[d])
                     xd = x[b, j, d]
+                    dWx_d = dWx[d]
                     for col in range(H4):
-                        dWx[d, col] += xd * dz[col]
+                        dWx_d[col] += xd * dzr[col]
+                for col in range(H4):
+                    db[col] += dzr[col]
+            if not any_valid:  # every row of dz is zero
+                continue
+            _blocked_dot(dz, WhT, dhp)  # rows of padded steps are zero: dh unchanged
+            for r in range(nb):
+                for n in range(H):
+                    dh[r, n] += dhp[r, n]
+            filled += 1
+            if filled == _WG_STEPS or j == 0:
+                _add_product_rows(h_ring, dz_ring, filled, part, dWh)
+                filled = 0
+        if filled > 0:  # the last steps were padding for the whole chunk
+            _add_product_rows(h_ring, dz_ring, filled, part, dWh)
+        dh0[b0:b1] = dh
+        dc0[b0:b1] = dc
 
 
 forward_kernel = _jit(_forward_sparse, parallel=True)
 forward_kernel_serial = _jit(_forward_sparse, parallel=False)
 forward_dense_kernel = _jit(_forward_dense, parallel=True)
 backward_kernel = _jit(_backward, parallel=True)
-weight_grads_kernel = _jit(_weight_grads, parallel=True)
 
 
 # ---------------------------------------------------------------------------- layout
@@ -921,6 +1003,48 @@ def empty_windows(B, H):
     return np.full((B, H), np.inf), np.full((B, H), -np.inf)
 
 
+_workspace = threading.local()
+
+
+def _reusable(name, shape, dtype):
+    """An uninitialised array for the role ``name``: one this thread handed out before,
+    with the same shape and dtype, that nothing else refers to any more (no caller, cache
+    or view), else a new one, kept for later calls (the last ``_POOL_SIZE`` per role).
+
+    A training step allocates tens of MB of arrays of the same shapes over and over; a
+    fresh allocation that large comes from the OS as zeroed pages, and the page faults
+    cost a large part of a step. Reusing the memory of arrays nobody holds avoids them and
+    changes no result: every caller overwrites the array before reading it.
+    """
+    pool = _workspace.__dict__.setdefault("arrays", {}).setdefault(name, [])
+    for i in range(len(pool)):  # no local name for a candidate: it would count
+        if (pool[i].shape == shape and pool[i].dtype == dtype
+                and _refcount_in_pool(pool, i) == _UNUSED_REFS):
+            return pool[i]
+    array = np.empty(shape, dtype)
+    pool.append(array)
+    del pool[:-_POOL_SIZE]
+    return array
+
+
+_POOL_SIZE = 4  # arrays kept per role and thread (a network has one per layer in use)
+
+
+def clear_workspace():
+    """Drop the arrays this thread keeps for reuse (see :func:`_reusable`): their memory is
+    freed once nothing else refers to them. Results never depend on it."""
+    _workspace.__dict__.pop("arrays", None)
+
+
+def _refcount_in_pool(pool, i):
+    """References to ``pool[i]``, counted the same way for the calibration below (so that
+    interpreters that count borrowed references differently still agree with it)."""
+    return sys.getrefcount(pool[i])
+
+
+_UNUSED_REFS = _refcount_in_pool([np.empty(0)], 0)  # an array only a list refers to
+
+
 def _num_chunks(B):
     """Chunks of the batch for the dense kernels: one per thread (at most B)."""
     threads = numba.get_num_threads() if config.NUMBA_PARALLEL else 1
@@ -961,10 +1085,9 @@ def layer_forward(params, x, t, lengths, h0, c0, leak, gate_open=False):
     cache = dict(backend="numba", params=params, prepared=p, x=x, t=t, lengths=lengths, h0=h0,
                  c0=c0, leak=leak, gate_open=bool(gate_open), dense=dense)
     if dense:
-        h_seq = np.empty((B, T, H), dtype)
-        # one block for what BPTT keeps: NumPy backs large blocks with huge pages, which
-        # saves thousands of page faults per call (a measurable part of a training step)
-        c_seq, i_c, f_c, g_c, o_c, tc_c = np.empty((6, B, T, H), dtype)
+        h_seq = _reusable("h_seq", (B, T, H), dtype)
+        # one block for what BPTT keeps (reused, like h_seq, once nothing refers to it)
+        c_seq, i_c, f_c, g_c, o_c, tc_c = _reusable("stored", (6, B, T, H), dtype)
         hT = np.empty((B, H), dtype)
         cT = np.empty((B, H), dtype)
         forward_dense_kernel(x, t, lengths, p["Wx"], p["Wh"], p["b"], p["w_ci"], p["w_cf"],
@@ -1079,10 +1202,12 @@ def layer_backward(dh_seq, dstate, cache):
         dcT = np.ascontiguousarray(dstate[1], dtype)
     dh_seq = np.ascontiguousarray(dh_seq, dtype)
     nchunks = _num_chunks(B)
-    dZ = np.empty((B, T, 4 * H), dtype)
     dh0, dc0 = np.empty((B, H), dtype), np.empty((B, H), dtype)
     dtau, ds, dr_on = (np.empty((B, H)) for _ in range(3))
     dpeep = np.empty((nchunks, 3, H))
+    dWhN = np.empty((nchunks, H, 4 * H), dtype)
+    dWxN = np.empty((nchunks, D, 4 * H), dtype)
+    dbN = np.empty((nchunks, 4 * H), dtype)
     gate_open = cache["gate_open"]
     if not cache["dense"]:  # the evaluation forward stored nothing: recompute, storing
         p = dict(p, **prepare_params(params, gate_open, sparse=False))
@@ -1094,15 +1219,11 @@ def layer_backward(dh_seq, dstate, cache):
         _forward_sparse_run(p, x, cache["t"], lengths, h0, cache["c0"],
                             np.zeros((B, H), np.int64), cache)
     dx = np.empty((B, T, D), dtype)
-    backward_kernel(dh_seq, dhT, dcT, cache["t"], lengths, p["Wx"], p["WhT_gates"], p["w_ci"],
-                    p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"], cache["leak"], gate_open,
-                    cache["dense"], h0, cache["c0"], h_seq, cache["c_seq"], cache["i"],
-                    cache["f"], cache["g"], cache["o"], cache["tanh_ct"], nchunks, dZ, dx, dh0,
-                    dc0, dtau, ds, dr_on, dpeep)
-    dWhN = np.empty((nchunks, H, 4 * H), dtype)
-    dWxN = np.empty((nchunks, D, 4 * H), dtype)
-    dbN = np.empty((nchunks, 4 * H), dtype)
-    weight_grads_kernel(x, lengths, h0, h_seq, dZ, nchunks, dWhN, dWxN, dbN)
+    backward_kernel(dh_seq, dhT, dcT, x, cache["t"], lengths, p["Wx"], p["WhT_gates"],
+                    p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"], cache["leak"],
+                    gate_open, cache["dense"], h0, cache["c0"], h_seq, cache["c_seq"],
+                    cache["i"], cache["f"], cache["g"], cache["o"], cache["tanh_ct"], nchunks, dx,
+                    dh0, dc0, dtau, ds, dr_on, dpeep, dWhN, dWxN, dbN)
     peep = dpeep.sum(0).astype(dtype)
     grads = {
         "Wx": dWxN.sum(0),

@@ -1,9 +1,11 @@
-"""Scalar gate math, written once in plain Python and compiled for both targets.
+"""Scalar gate math in plain Python, for scalar code and the GPU kernels.
 
-The CPU kernels wrap these with ``numba.njit`` and the GPU kernels with
-``numba.cuda.jit(device=True)``; they are also plain Python functions, so tests can compare
-them with the vectorised reference (:mod:`plstm_np.time_gate`). Only ``math`` is used.
-Helpers that call other helpers are re-bound by each backend to the compiled versions.
+The GPU kernels compile these with ``numba.cuda.jit(device=True)``; they are also plain
+Python functions, so tests can compare them with the vectorised reference
+(:mod:`plstm_np.time_gate`). Only ``math`` is used. Helpers that call other helpers are
+re-bound by the GPU backend to the compiled versions. The Numba CPU kernels use variants
+of their own that vectorise (:mod:`plstm_np.numba_backend`: a phase with one division,
+the gate with precomputed reciprocals), checked against these and the reference.
 """
 import math
 
