@@ -352,16 +352,24 @@ _gate_neuron = _device(_gate_neuron)
 
 
 def _open_neurons(tj, tau, inv_tau, s, r_on, two_r, gate_open, lo, hi, k_out, open_idx, m_prev,
-                  bounds, phis):
+                  bounds, phis, scan_state):
     """Evaluation gate (``leak = 0``): fill ``open_idx[:m]`` with the neurons updated at time
     ``tj`` (increasing) and ``k_out`` with their openness (float64); return m. ``lo``, ``hi``
     are this stream's closed windows, read and updated. ``gate_open``: every neuron, k = 1.
 
     ``bounds`` = [max lo, min hi] over the neurons that were closed at the previous call,
     whose open neurons are ``open_idx[:m_prev]`` (``m_prev < 0``: no previous call). When
-    ``tj`` lies in every closed window (``max lo <= tj < min hi``), only the previously open
-    neurons can be open: the scan of the closed ones (two comparisons each) is skipped.
-    Either way the neurons found open, and their phases, are exactly those of a full scan.
+    ``tj`` lies in every closed window (``max lo <= tj < min hi``) and few neurons were
+    open, only those can be open and only they are examined (exact phase each). Otherwise
+    every neuron's exact phase is computed by a vectorised pass.
+
+    Keeping the windows and their bounds costs that pass about a third more; it pays only
+    when events come densely (a stream), and is wasted when every step crosses windows (a
+    sparsely sampled sequence). ``scan_state`` = [misses, passes] (int64) tracks this: after
+    ``_WINDOW_MISSES`` steps in a row outside the bounds, full passes stop keeping windows
+    (the bounds become empty, so the cheap path is never taken on stale windows) except
+    every ``_WINDOW_RETRY``-th, which tries again. Whichever path runs, the neurons found
+    open and their phases are exactly those of a full scan.
     """
     H = tau.shape[0]
     m = 0
@@ -371,43 +379,68 @@ def _open_neurons(tj, tau, inv_tau, s, r_on, two_r, gate_open, lo, hi, k_out, op
             open_idx[n] = n
         return H
     if m_prev >= 0 and bounds[0] <= tj and tj < bounds[1]:
-        max_lo = bounds[0]
-        min_hi = bounds[1]
-        for p in range(m_prev):  # in place: m <= p
-            n = open_idx[p]
-            if _gate_neuron(n, tj, tau, inv_tau, s, r_on, two_r, lo, hi, k_out):
+        scan_state[0] = 0
+        if m_prev * _FEW_OPEN <= H:
+            max_lo = bounds[0]
+            min_hi = bounds[1]
+            for p in range(m_prev):  # in place: m <= p
+                n = open_idx[p]
+                if _gate_neuron(n, tj, tau, inv_tau, s, r_on, two_r, lo, hi, k_out):
+                    open_idx[m] = n
+                    m += 1
+                else:
+                    max_lo = max(max_lo, lo[n])
+                    min_hi = min(min_hi, hi[n])
+            bounds[0] = max_lo
+            bounds[1] = min_hi
+            return m
+    elif m_prev >= 0:
+        scan_state[0] += 1
+    scan_state[1] += 1
+    windows = scan_state[0] < _WINDOW_MISSES or scan_state[1] % _WINDOW_RETRY == 0
+    # every neuron's exact phase, in a loop LLVM vectorises (no branches), with the window
+    # of the closed piece of its current cycle when kept; then the open ones are listed
+    if windows:
+        for n in range(H):
+            tau_n = tau[n]
+            phi = _phase_inline(tj, tau_n, inv_tau[n], s[n])
+            phis[n] = phi
+            start = tj - phi * tau_n  # start of the current cycle
+            margin = PHASE_MARGIN * (abs(tj) + abs(s[n]) + tau_n)
+            lo[n] = start + r_on[n] * tau_n + margin
+            hi[n] = start + tau_n - margin
+    else:
+        for n in range(H):
+            phis[n] = _phase_inline(tj, tau[n], inv_tau[n], s[n])
+    max_lo = -np.inf
+    min_hi = np.inf
+    if windows:
+        for n in range(H):
+            phi = phis[n]
+            if phi < r_on[n]:
+                k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
                 open_idx[m] = n
                 m += 1
             else:
                 max_lo = max(max_lo, lo[n])
                 min_hi = min(min_hi, hi[n])
-        bounds[0] = max_lo
-        bounds[1] = min_hi
-        return m
-    # every neuron's exact phase, and the window of the closed piece of its current cycle,
-    # in a loop LLVM vectorises (no branches); then the open ones are listed
-    for n in range(H):
-        tau_n = tau[n]
-        phi = _phase_inline(tj, tau_n, inv_tau[n], s[n])
-        phis[n] = phi
-        start = tj - phi * tau_n  # start of the current cycle
-        margin = PHASE_MARGIN * (abs(tj) + abs(s[n]) + tau_n)
-        lo[n] = start + r_on[n] * tau_n + margin
-        hi[n] = start + tau_n - margin
-    max_lo = -np.inf
-    min_hi = np.inf
-    for n in range(H):
-        phi = phis[n]
-        if phi < r_on[n]:
-            k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
-            open_idx[m] = n
-            m += 1
-        else:
-            max_lo = max(max_lo, lo[n])
-            min_hi = min(min_hi, hi[n])
+    else:
+        for n in range(H):
+            phi = phis[n]
+            if phi < r_on[n]:
+                k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
+                open_idx[m] = n
+                m += 1
+        max_lo = np.inf  # empty bounds: no step takes the cheap path on stale windows
+        min_hi = -np.inf
     bounds[0] = max_lo
     bounds[1] = min_hi
     return m
+
+
+_FEW_OPEN = 8  # the cheap path examines the previously open neurons when at most H / 8
+_WINDOW_MISSES = 4  # steps in a row outside the bounds before windows stop being kept
+_WINDOW_RETRY = 16  # ... then every 16th full pass keeps them again, to try
 
 
 _open_neurons = _device(_open_neurons)
@@ -560,6 +593,7 @@ def _forward_sparse(x, t, lengths, table, tokens, WxN, WhN, WhTp, w_ci, w_cf, w_
         phis = np.empty(H)
         open_idx = np.empty(H, np.int64)
         bounds = np.empty(2)
+        scan_state = np.zeros(2, np.int64)
         L = lengths[b]
         lo_b = lo[b]
         hi_b = hi[b]
@@ -567,7 +601,7 @@ def _forward_sparse(x, t, lengths, table, tokens, WxN, WhN, WhTp, w_ci, w_cf, w_
         for j in range(T):
             if j < L:
                 m = _open_neurons(t[b, j], tau, inv_tau, s, r_on, two_r, gate_open, lo_b, hi_b,
-                                  k64, open_idx, m, bounds, phis)
+                                  k64, open_idx, m, bounds, phis, scan_state)
                 if m > 0:
                     row0 = table[tokens[b, j]] if use_tokens else table[0]
                     _sparse_preacts(row0, x[b, j], hp, WxN, WhN, WhTp, open_idx, m, z)
@@ -1109,7 +1143,7 @@ def _forward_sparse_run(p, x, t, lengths, h0, c0, counts, stored):
     B, T, _ = x.shape
     H = h0.shape[1]
     dtype = h0.dtype
-    h_seq = np.empty((B, T, H), dtype)
+    h_seq = _reusable("h_seq", (B, T, H), dtype)
     hT = np.empty((B, H), dtype)
     cT = np.empty((B, H), dtype)
     lo, hi = empty_windows(B, H)
