@@ -9,8 +9,10 @@ before the first call of a backend.
 - ``NUMBA_FASTMATH`` (``PLSTM_NP_FASTMATH``, default off): LLVM fast-math; off keeps the CPU
   kernels within 1e-12 of the reference in float64.
 - ``NUMBA_REASSOC`` (``PLSTM_NP_REASSOC``, default on): let LLVM reassociate the sums of
-  the CPU kernels (the only fast-math flags they get), so that dot products are vectorised;
-  results change at the rounding level only (within 1e-12 of the reference in float64).
+  the CPU kernels and fuse multiply-adds (the only fast-math flags they get, ``reassoc``
+  and ``contract``), so that dot products are vectorised; results change at the rounding
+  level only (within 1e-12 of the reference in float64). The phase keeps its exact
+  rounding either way.
 - ``NUMBA_PARALLEL`` (``PLSTM_NP_PARALLEL``, default on): parallel loops over the batch.
 - ``NUM_THREADS`` (``PLSTM_NP_NUM_THREADS``, default: Numba's own): threads for those loops.
 - ``CUDA_THREADS_PER_BLOCK`` (``PLSTM_NP_CUDA_TPB``, default 128): block size of the GPU

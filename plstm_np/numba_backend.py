@@ -13,28 +13,35 @@ Two forward kernels:
 - *dense* (``leak > 0`` or ``gate_open``: training): every neuron updates, so the step is
   a matrix product. The batch is cut into one chunk per thread; each thread runs its chunk
   through time with one BLAS product ``h_{j-1} Wh`` per step (``np.dot`` in the kernel),
-  then a loop for the time gates and a vectorised loop for the cells.
+  then vectorised loops for the time gates and the cells (one output array per loop: see
+  :func:`_cells_row`).
 - *sparse* (``leak == 0``): one sample per task; at each step only the open neurons' four
   gate rows are computed, contiguous dot products of length H (``WhTp``), or one full
   product when many neurons are open; the open neurons' cells are then updated a group of
   ``_LANES`` at a time by a vectorised loop (see :func:`_open_cells`).
 
-The backward kernel runs the batch chunks through time backwards, with one BLAS product
-``dz Wh^T`` per step and vectorised loops for the cells; the weight gradients follow, per
-chunk, as BLAS products over blocks of steps. Every BLAS product is small enough that
-OpenBLAS runs it on the calling thread: its own threads would contend with the kernels'.
+The backward kernel runs the batch chunks through time backwards, with vectorised loops
+for the gates and cells, one BLAS product ``dz Wh^T`` per step, and the weight gradient
+``h_{j-1}^T dz`` as one BLAS product per ``_WG_STEPS`` steps of the chunk, while those
+steps' dz are still in the cache: dz is never stored for the whole sequence. The BLAS
+products are small; run OpenBLAS single-threaded (``OPENBLAS_NUM_THREADS=1``) next to the
+kernels' own threads, or its threads contend with them (about 20 % slower here).
 
 Memory. A training forward keeps ``h``, ``c``, ``i``, ``f``, ``g``, ``o`` and ``tanh(c~)`` per
 step: what a hand-written LSTM stores. ``c~`` and the time gate ``k`` (and whether a neuron
 was updated) are recomputed in the backward, which needs the exact phase anyway for the
 timing gradients. An evaluation forward (``leak == 0``) keeps only ``h``; a backward through
-it first reruns the forward, storing.
+it first reruns the forward, storing. The large per-call arrays (``h``, the stored block)
+reuse the memory of the previous call's once nothing refers to them (:func:`_reusable`):
+fresh memory that size costs page faults worth a large part of a training step.
 
 Arithmetic. Gate maths runs in the model dtype (float32 maths for float32 models), with
 sigmoid and tanh built on one ``exp`` each; the phase is always float64, bitwise equal to
-:func:`plstm_np.time_gate.phase`. The kernels may reassociate sums
-(:data:`plstm_np.config.NUMBA_REASSOC`), which lets LLVM vectorise the dot products, and
-use NumPy's error model (no ZeroDivisionError branch in loops; no division can be by zero).
+:func:`plstm_np.time_gate.phase` (one division: see :func:`_phase`); the gate and its
+derivatives multiply by precomputed reciprocals (within an ulp of the divisions). The
+kernels may reassociate sums and fuse multiply-adds (:data:`plstm_np.config.NUMBA_REASSOC`),
+which lets LLVM vectorise the dot products, and use NumPy's error model (no
+ZeroDivisionError branch in loops; no division can be by zero).
 
 Layout. The kernels take C-contiguous arrays and scalars only; :func:`layer_forward` and
 :func:`layer_backward` validate nothing (the API boundary did), re-layout and dispatch.
@@ -49,9 +56,11 @@ of a floating-point ``mod`` (see :func:`_phase`), a phase costs a few ns, which 
 dominate a step in which 95 % of the neurons are closed. While a neuron is closed the
 sparse kernel remembers the window ``[lo, hi)`` of times that are certainly still on the
 closed piece of the same cycle (bounds pulled in by a margin far larger than any rounding),
-so a closed neuron costs two comparisons. Every time outside its window gets the exact phase.
+so a closed neuron costs two comparisons; a time outside its window gets the exact phase.
 And while a step's time lies in every closed neuron's window (the largest ``lo`` and the
 smallest ``hi`` are kept), only the neurons open at the previous step are examined at all.
+Otherwise one vectorised pass computes every neuron's exact phase (see
+:func:`_open_neurons`).
 
 Compilation is lazy: importing this module defines the dispatchers but compiles nothing.
 Each kernel is compiled on its first call, once per dtype, and cached on disk when
