@@ -157,6 +157,26 @@ def test_skipping_counts_open_triples():
     assert cache_n["updates"] < 0.15 * dense
 
 
+def test_gate_scan_switching_between_dense_and_sparse_times():
+    # bursts of close events (the cheap path over kept windows) alternating with long gaps
+    # (every step crosses windows: full passes, windows dropped, then retried): the neurons
+    # updated must still be exactly the open ones, and the results the reference's
+    rng = np.random.default_rng(21)
+    B, T, H = 3, 400, 30
+    params, x, t, lengths, h0, c0 = random_layer_problem(rng, np.float64, B=B, T=T, H=H,
+                                                         r_on_range=(0.03, 0.2))
+    lengths[:] = T
+    x = rng.normal(size=(B, T, 3))
+    gaps = np.where((np.arange(T) // 40) % 2 == 0, 0.003, 2.5)  # 40 dense, 40 sparse, ...
+    t = np.cumsum(gaps[None, :] * rng.uniform(0.5, 1.5, (B, T)), axis=1) - 30.0
+    h_r, (hT_r, cT_r), cache_r = reference.layer_forward(params, x, t, lengths, h0, c0, 0.0)
+    h_n, (hT_n, cT_n), cache_n = nb.layer_forward(params, x, t, lengths, h0, c0, 0.0)
+    assert max_rel_diff(h_n, h_r) <= RTOL[np.float64]
+    assert max_rel_diff(cT_n, cT_r) <= RTOL[np.float64]
+    k = time_gate(t[:, :, None], params["tau"], params["s"], params["r_on"], 0.0)
+    np.testing.assert_array_equal(cache_n["update_counts"], (k > 0).sum(1))
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("training", [True, False])
 def test_two_layer_network_matches_reference(dtype, training):
