@@ -275,7 +275,10 @@ def main():
 
     best, _ = best_time(run_single, 2)
     stream_rows["single_event_push_r_on_0.05"] = dict(events_per_s=m / best)
-    results["streaming"] = dict(packet=packet, by_r_on=stream_rows)
+    stream_ratio = stream_rows["0.05"]["seconds"] / stream_rows["1.0"]["seconds"]
+    results["streaming"] = {"packet": packet, "by_r_on": stream_rows,
+                            "time_ratio_r_on_0.05_vs_1": stream_ratio}
+    print(f"streaming time at r_on=0.05 / r_on=1: {stream_ratio:.3f}")
 
     # -- evaluation kernel vs r_on (skipping pays) -------------------------------------
     eval_rows = {}
