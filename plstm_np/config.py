@@ -15,6 +15,9 @@ before the first call of a backend.
   rounding either way.
 - ``NUMBA_PARALLEL`` (``PLSTM_NP_PARALLEL``, default on): parallel loops over the batch.
 - ``NUM_THREADS`` (``PLSTM_NP_NUM_THREADS``, default: Numba's own): threads for those loops.
+- ``SERIAL_BLAS`` (``PLSTM_NP_SERIAL_BLAS``, default on): while a dense CPU kernel runs,
+  set the BLAS that Numba calls (SciPy's OpenBLAS) to one thread, and restore its count
+  after: the kernels call BLAS from each of their own threads.
 - ``CUDA_THREADS_PER_BLOCK`` (``PLSTM_NP_CUDA_TPB``, default 128): block size of the GPU
   kernels; the simulator tests patch it small so tiny problems span several blocks.
   The forward and backward use one block per sample, its threads sharing the neurons.
@@ -45,6 +48,7 @@ NUMBA_FASTMATH = _flag("PLSTM_NP_FASTMATH", False)
 NUMBA_REASSOC = _flag("PLSTM_NP_REASSOC", True)
 NUMBA_PARALLEL = _flag("PLSTM_NP_PARALLEL", True)
 NUM_THREADS = _int("PLSTM_NP_NUM_THREADS", None)
+SERIAL_BLAS = _flag("PLSTM_NP_SERIAL_BLAS", True)
 CUDA_THREADS_PER_BLOCK = _int("PLSTM_NP_CUDA_TPB", 128)
 CUDA_STREAM_THREADS_PER_BLOCK = _int("PLSTM_NP_CUDA_STREAM_TPB", 32)
 CUDA_TILE = _int("PLSTM_NP_CUDA_TILE", 16)

@@ -23,9 +23,9 @@ Two forward kernels:
 The backward kernel runs the batch chunks through time backwards, with vectorised loops
 for the gates and cells, one BLAS product ``dz Wh^T`` per step, and the weight gradient
 ``h_{j-1}^T dz`` as one BLAS product per ``_WG_STEPS`` steps of the chunk, while those
-steps' dz are still in the cache: dz is never stored for the whole sequence. The BLAS
-products are small; run OpenBLAS single-threaded (``OPENBLAS_NUM_THREADS=1``) next to the
-kernels' own threads, or its threads contend with them (about 20 % slower here).
+steps' dz are still in the cache: dz is never stored for the whole sequence. While the
+dense kernels run, the BLAS they call is held single-threaded (:class:`_SerialBLAS`): its
+own threads would contend with the kernels'.
 
 Memory. A training forward keeps ``h``, ``c``, ``i``, ``f``, ``g``, ``o`` and ``tanh(c~)`` per
 step: what a hand-written LSTM stores. ``c~`` and the time gate ``k`` (and whether a neuron
@@ -1088,6 +1088,66 @@ def _refcount_in_pool(pool, i):
 _UNUSED_REFS = _refcount_in_pool([np.empty(0)], 0)  # an array only a list refers to
 
 
+class _SerialBLAS:
+    """Context manager: the BLAS that Numba's ``np.dot`` calls runs single-threaded inside
+    it (when :data:`plstm_np.config.SERIAL_BLAS` is on and that BLAS can be told).
+
+    The dense kernels give each of their threads a chunk of the batch and call BLAS from
+    every thread; an OpenBLAS that also starts its own threads for a product oversubscribes
+    the cores (measured here: the README's training run 4x slower on 2 cores). Numba's
+    ``np.dot`` calls SciPy's OpenBLAS; its thread count is set to 1 on entry and restored
+    on exit, as a thread-pool limiter would do. Without SciPy's OpenBLAS (another BLAS, or
+    a platform without it) this does nothing.
+    """
+
+    _controls = None  # (get, set) ctypes functions, or () when unavailable
+
+    @classmethod
+    def _find(cls):
+        if cls._controls is None:
+            cls._controls = ()
+            try:
+                import ctypes
+                import glob
+                import os
+
+                import scipy
+                import scipy.linalg.cython_blas  # noqa: F401 (loads the library)
+
+                root = os.path.dirname(scipy.__file__)
+                patterns = [os.path.join(root, os.pardir, "scipy.libs", "*openblas*"),
+                            os.path.join(root, ".dylibs", "*openblas*")]
+                for path in sorted(p for pattern in patterns for p in glob.glob(pattern)):
+                    lib = ctypes.CDLL(path)  # the one already loaded
+                    for prefix in ("scipy_openblas", "openblas"):
+                        get = getattr(lib, prefix + "_get_num_threads", None)
+                        set_ = getattr(lib, prefix + "_set_num_threads", None)
+                        if get is not None and set_ is not None:
+                            get.restype, get.argtypes = ctypes.c_int, []
+                            set_.restype, set_.argtypes = None, [ctypes.c_int]
+                            cls._controls = (get, set_)
+                            return cls._controls
+            except (ImportError, OSError):
+                pass
+        return cls._controls
+
+    def __enter__(self):
+        self._restore = None
+        controls = self._find() if config.SERIAL_BLAS else ()
+        if controls:
+            get, set_ = controls
+            threads = get()
+            if threads > 1:
+                set_(1)
+                self._restore = threads
+        return self
+
+    def __exit__(self, *exc):
+        if self._restore is not None:
+            self._find()[1](self._restore)
+        return False
+
+
 def _num_chunks(B):
     """Chunks of the batch for the dense kernels: one per thread (at most B)."""
     threads = numba.get_num_threads() if config.NUMBA_PARALLEL else 1
@@ -1133,10 +1193,11 @@ def layer_forward(params, x, t, lengths, h0, c0, leak, gate_open=False):
         c_seq, i_c, f_c, g_c, o_c, tc_c = _reusable("stored", (6, B, T, H), dtype)
         hT = np.empty((B, H), dtype)
         cT = np.empty((B, H), dtype)
-        forward_dense_kernel(x, t, lengths, p["Wx"], p["Wh"], p["b"], p["w_ci"], p["w_cf"],
-                             p["w_co"], p["tau"], p["s"], p["r_on"], leak, bool(gate_open),
-                             h0, c0, _num_chunks(B), h_seq, c_seq, i_c, f_c, g_c, o_c, tc_c,
-                             hT, cT)
+        with _SerialBLAS():
+            forward_dense_kernel(x, t, lengths, p["Wx"], p["Wh"], p["b"], p["w_ci"], p["w_cf"],
+                                 p["w_co"], p["tau"], p["s"], p["r_on"], leak, bool(gate_open),
+                                 h0, c0, _num_chunks(B), h_seq, c_seq, i_c, f_c, g_c, o_c,
+                                 tc_c, hT, cT)
         counts = np.repeat(lengths[:, None], H, axis=1).astype(np.int64)
         cache.update(c_seq=c_seq, i=i_c, f=f_c, g=g_c, o=o_c, tanh_ct=tc_c)
     else:  # evaluation: nothing stored; a backward recomputes what it needs
@@ -1262,11 +1323,13 @@ def layer_backward(dh_seq, dstate, cache):
         _forward_sparse_run(p, x, cache["t"], lengths, h0, cache["c0"],
                             np.zeros((B, H), np.int64), cache)
     dx = np.empty((B, T, D), dtype)
-    backward_kernel(dh_seq, dhT, dcT, x, cache["t"], lengths, p["Wx"], p["WhT_gates"],
-                    p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"], cache["leak"],
-                    gate_open, cache["dense"], h0, cache["c0"], h_seq, cache["c_seq"],
-                    cache["i"], cache["f"], cache["g"], cache["o"], cache["tanh_ct"], nchunks, dx,
-                    dh0, dc0, dtau, ds, dr_on, dpeep, dWhN, dWxN, dbN)
+    with _SerialBLAS():
+        backward_kernel(dh_seq, dhT, dcT, x, cache["t"], lengths, p["Wx"], p["WhT_gates"],
+                        p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"],
+                        cache["leak"], gate_open, cache["dense"], h0, cache["c0"], h_seq,
+                        cache["c_seq"], cache["i"], cache["f"], cache["g"], cache["o"],
+                        cache["tanh_ct"], nchunks, dx, dh0, dc0, dtau, ds, dr_on, dpeep, dWhN,
+                        dWxN, dbN)
     peep = dpeep.sum(0).astype(dtype)
     grads = {
         "Wx": dWxN.sum(0),

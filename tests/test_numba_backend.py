@@ -327,3 +327,26 @@ def test_gate_nonlinearities_in_model_dtype():
         assert np.abs(sig - 1.0 / (1.0 + np.exp(-exact))).max() <= tol
         assert np.abs(tnh - np.tanh(exact)).max() <= tol
         assert np.all((sig >= 0) & (sig <= 1) & (np.abs(tnh) <= 1))
+
+
+def test_blas_single_threaded_while_dense_kernels_run_and_restored_after():
+    # the dense kernels call BLAS from each of their threads: SciPy's OpenBLAS (the one
+    # Numba's np.dot calls) is held at one thread meanwhile, and its count restored
+    controls = nb._SerialBLAS._find()
+    if not controls:
+        pytest.skip("SciPy's OpenBLAS thread controls are not available here")
+    get, set_ = controls
+    before = get()
+    try:
+        set_(2)
+        assert get() == 2
+        with nb._SerialBLAS():
+            assert get() == 1
+        assert get() == 2
+        rng = np.random.default_rng(14)
+        params, x, t, lengths, h0, c0 = random_layer_problem(rng, np.float32)
+        h, _, cache = nb.layer_forward(params, x, t, lengths, h0, c0, 1e-3)
+        nb.layer_backward(np.ones_like(h), None, cache)
+        assert get() == 2
+    finally:
+        set_(before)
