@@ -1057,8 +1057,13 @@ def _reusable(name, shape, dtype):
     A training step allocates tens of MB of arrays of the same shapes over and over; a
     fresh allocation that large comes from the OS as zeroed pages, and the page faults
     cost a large part of a step. Reusing the memory of arrays nobody holds avoids them and
-    changes no result: every caller overwrites the array before reading it.
+    changes no result: every caller overwrites the array before reading it. Arrays above
+    ``_POOL_MAX_BYTES`` are never kept, so the memory held back stays bounded (at most
+    ``_POOL_SIZE`` x ``_POOL_MAX_BYTES`` per role and thread; :func:`clear_workspace`
+    releases it).
     """
+    if np.prod(shape) * np.dtype(dtype).itemsize > _POOL_MAX_BYTES:
+        return np.empty(shape, dtype)
     pool = _workspace.__dict__.setdefault("arrays", {}).setdefault(name, [])
     for i in range(len(pool)):  # no local name for a candidate: it would count
         if (pool[i].shape == shape and pool[i].dtype == dtype
@@ -1070,7 +1075,8 @@ def _reusable(name, shape, dtype):
     return array
 
 
-_POOL_SIZE = 4  # arrays kept per role and thread (a network has one per layer in use)
+_POOL_SIZE = 3  # arrays kept per role and thread (a network has one per layer in use)
+_POOL_MAX_BYTES = 64 << 20  # larger arrays are allocated afresh every time
 
 
 def clear_workspace():

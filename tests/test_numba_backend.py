@@ -140,6 +140,19 @@ def test_arrays_nobody_holds_are_reused():
     np.testing.assert_array_equal(h, first)  # and the results are the same
 
 
+def test_workspace_keeps_no_large_arrays(monkeypatch):
+    monkeypatch.setattr(nb, "_POOL_MAX_BYTES", 1000)
+    nb.clear_workspace()
+    small = nb._reusable("test", (10, 10), np.float64)  # 800 bytes: kept
+    large = nb._reusable("test", (10, 20), np.float64)  # 1600 bytes: not kept
+    pool = nb._workspace.arrays["test"]
+    assert len(pool) == 1 and pool[0] is small and all(a is not large for a in pool)
+    del small
+    assert nb._reusable("test", (10, 10), np.float64) is pool[0]
+    nb.clear_workspace()
+    assert "arrays" not in nb._workspace.__dict__
+
+
 def test_skipping_counts_open_triples():
     rng = np.random.default_rng(11)
     B, T, H = 6, 60, 48
