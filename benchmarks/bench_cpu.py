@@ -43,17 +43,10 @@ from plstm_np.streaming import Stream
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def best_time(fn, repeats, warmup=1):
-    """Smallest wall time of ``repeats`` calls (after ``warmup`` calls): least disturbed by
-    other load on the machine."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), float(np.median(times))
+def best_time(fn, repeats):
+    """Smallest and median wall time of ``repeats`` calls (after one warm-up call): the
+    smallest is the least disturbed by other load on the machine."""
+    return interleaved_times([fn], repeats)[0]
 
 
 def interleaved_times(fns, rounds):

@@ -80,7 +80,7 @@ from numba import prange
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from . import config
+from . import config, scalar_math
 
 __all__ = ["layer_forward", "layer_backward", "ensure_available", "to_neuron_major",
            "prepare_params", "empty_windows", "stream_forward", "clear_workspace",
@@ -190,31 +190,35 @@ _phase = numba.njit(_phase, cache=_CACHE, error_model="numpy")
 def _openness(phi, r_on, two_r, leak):
     """Openness k at phase ``phi`` (as :func:`scalar_math.gate_openness`, with ``two_r`` =
     2 / r_on precomputed: a multiplication instead of a division, within an ulp)."""
-    if phi < 0.5 * r_on:
+    piece = _gate_piece(phi, r_on)
+    if piece == 0:
         return phi * two_r
-    if phi < r_on:
+    if piece == 1:
         return 2.0 - phi * two_r
     return leak * phi
 
 
 def _dk_dphi(phi, r_on, two_r, leak):
     """``dk/dphi`` on the piece ``phi`` lies on."""
-    if phi < 0.5 * r_on:
+    piece = _gate_piece(phi, r_on)
+    if piece == 0:
         return two_r
-    if phi < r_on:
+    if piece == 1:
         return -two_r
     return leak
 
 
 def _dk_dr_on(phi, r_on, two_r2):
     """``dk/dr_on`` on the piece ``phi`` lies on (``two_r2`` = 2 / r_on**2)."""
-    if phi < 0.5 * r_on:
+    piece = _gate_piece(phi, r_on)
+    if piece == 0:
         return -phi * two_r2
-    if phi < r_on:
+    if piece == 1:
         return phi * two_r2
     return 0.0
 
 
+_gate_piece = _device(scalar_math.gate_piece)  # the pieces, as the reference defines them
 _openness = _device(_openness)
 _dk_dphi = _device(_dk_dphi)
 _dk_dr_on = _device(_dk_dr_on)
@@ -360,6 +364,39 @@ def _gate_neuron(n, tj, tau, inv_tau, s, r_on, two_r, lo, hi, k_out):
 _gate_neuron = _device(_gate_neuron)
 
 
+_FEW_OPEN = 8  # the cheap path examines the previously open neurons when at most H / 8
+_WINDOW_MISSES = 4  # steps in a row outside the bounds before windows stop being kept
+_WINDOW_RETRY = 16  # ... then every 16th full pass keeps them again, to try
+
+
+def _list_open(phis, r_on, two_r, lo, hi, k_out, open_idx, bounds, windows):
+    """List the neurons open at phases ``phis`` in ``open_idx`` (their openness into
+    ``k_out``) and return how many; ``bounds`` gets [max lo, min hi] over the closed ones'
+    windows, or, without ``windows``, empty bounds (no step then takes the cheap path on
+    stale windows)."""
+    m = 0
+    max_lo = -np.inf
+    min_hi = np.inf
+    for n in range(phis.shape[0]):
+        phi = phis[n]
+        if phi < r_on[n]:
+            k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
+            open_idx[m] = n
+            m += 1
+        elif windows:
+            max_lo = max(max_lo, lo[n])
+            min_hi = min(min_hi, hi[n])
+    if not windows:
+        max_lo = np.inf
+        min_hi = -np.inf
+    bounds[0] = max_lo
+    bounds[1] = min_hi
+    return m
+
+
+_list_open = _device(_list_open)
+
+
 def _open_neurons(tj, tau, inv_tau, s, r_on, two_r, gate_open, lo, hi, k_out, open_idx, m_prev,
                   bounds, phis, scan_state):
     """Evaluation gate (``leak = 0``): fill ``open_idx[:m]`` with the neurons updated at time
@@ -421,35 +458,10 @@ def _open_neurons(tj, tau, inv_tau, s, r_on, two_r, gate_open, lo, hi, k_out, op
     else:
         for n in range(H):
             phis[n] = _phase_inline(tj, tau[n], inv_tau[n], s[n])
-    max_lo = -np.inf
-    min_hi = np.inf
+    # the listing, compiled once for each case (``windows`` a constant at each call)
     if windows:
-        for n in range(H):
-            phi = phis[n]
-            if phi < r_on[n]:
-                k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
-                open_idx[m] = n
-                m += 1
-            else:
-                max_lo = max(max_lo, lo[n])
-                min_hi = min(min_hi, hi[n])
-    else:
-        for n in range(H):
-            phi = phis[n]
-            if phi < r_on[n]:
-                k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
-                open_idx[m] = n
-                m += 1
-        max_lo = np.inf  # empty bounds: no step takes the cheap path on stale windows
-        min_hi = -np.inf
-    bounds[0] = max_lo
-    bounds[1] = min_hi
-    return m
-
-
-_FEW_OPEN = 8  # the cheap path examines the previously open neurons when at most H / 8
-_WINDOW_MISSES = 4  # steps in a row outside the bounds before windows stop being kept
-_WINDOW_RETRY = 16  # ... then every 16th full pass keeps them again, to try
+        return _list_open(phis, r_on, two_r, lo, hi, k_out, open_idx, bounds, True)
+    return _list_open(phis, r_on, two_r, lo, hi, k_out, open_idx, bounds, False)
 
 
 _open_neurons = _device(_open_neurons)

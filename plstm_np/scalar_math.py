@@ -3,9 +3,10 @@
 The GPU kernels compile these with ``numba.cuda.jit(device=True)``; they are also plain
 Python functions, so tests can compare them with the vectorised reference
 (:mod:`plstm_np.time_gate`). Only ``math`` is used. Helpers that call other helpers are
-re-bound by the GPU backend to the compiled versions. The Numba CPU kernels use variants
-of their own that vectorise (:mod:`plstm_np.numba_backend`: a phase with one division,
-the gate with precomputed reciprocals), checked against these and the reference.
+re-bound by the GPU backend to the compiled versions. The Numba CPU kernels share
+:func:`gate_piece` and use variants of the rest that vectorise better
+(:mod:`plstm_np.numba_backend`: a phase with one division, the gate with precomputed
+reciprocals); the backend tests compare them with the reference.
 """
 import math
 
