@@ -1006,10 +1006,25 @@ def to_neuron_major(W):
 
 
 def prepare_params(params, gate_open, dense=True, sparse=True):
-    """The kernels' view of a layer's parameters: with ``dense``, the weights in the
-    contract layout (and ``Wh^T``) for the dense kernels and the backward; with ``sparse``,
-    neuron-major copies (and a padded transpose) for the sparse kernel; always the
-    peepholes and float64 timing parameters (dummies when ``gate_open``)."""
+    """The kernels' view of a layer's parameters.
+
+    Parameters
+    ----------
+    params : dict of ndarray
+        The layer's parameters (contract layout).
+    gate_open : bool
+        The LSTM baseline: dummy timing parameters.
+    dense : bool
+        Include the weights in the contract layout (and ``Wh^T``), for the dense kernels
+        and the backward.
+    sparse : bool
+        Include neuron-major copies (and a zero-padded transpose) for the sparse kernel.
+
+    Returns
+    -------
+    dict
+        Always the peepholes and the float64 timing parameters, plus the layouts asked for.
+    """
     Wx, Wh, b = params["Wx"], params["Wh"], params["b"]
     H = Wh.shape[0]
     prepared = dict(
@@ -1092,8 +1107,12 @@ _POOL_MAX_BYTES = 64 << 20  # larger arrays are allocated afresh every time
 
 
 def clear_workspace():
-    """Drop the arrays this thread keeps for reuse (see :func:`_reusable`): their memory is
-    freed once nothing else refers to them. Results never depend on it."""
+    """Drop the arrays this thread keeps for reuse.
+
+    The training and evaluation kernels reuse the memory of their large arrays once nothing
+    refers to them (see :func:`_reusable`); this releases what the calling thread keeps
+    (freed once nothing else refers to it). Results never depend on it.
+    """
     _workspace.__dict__.pop("arrays", None)
 
 
