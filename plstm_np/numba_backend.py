@@ -52,15 +52,15 @@ rows zero-padded to a multiple of ``_DOT_PAD``) is gate ``g`` of neuron ``n``, s
 neuron's four gate rows are contiguous.
 
 Skipping without computing every phase. Even computed with one fused multiply-add instead
-of a floating-point ``mod`` (see :func:`_phase`), a phase costs a few ns, which would
-dominate a step in which 95 % of the neurons are closed. While a neuron is closed the
-sparse kernel remembers the window ``[lo, hi)`` of times that are certainly still on the
-closed piece of the same cycle (bounds pulled in by a margin far larger than any rounding),
-so a closed neuron costs two comparisons; a time outside its window gets the exact phase.
-And while a step's time lies in every closed neuron's window (the largest ``lo`` and the
-smallest ``hi`` are kept), only the neurons open at the previous step are examined at all.
-Otherwise one vectorised pass computes every neuron's exact phase (see
-:func:`_open_neurons`).
+of a floating-point ``mod`` (see :func:`_phase`), an exact phase costs a few ns, which would
+dominate a step in which 95 % of the neurons are closed. The sparse kernel first screens
+eight neurons at a time with an approximate phase, ``frac((t - s) / tau)`` from one
+multiplication by ``1 / tau``, widened by a margin far above its rounding error
+(:data:`SCREEN_MARGIN`), into a bit mask of the neurons that may be open (a few vector
+instructions per eight neurons, see :func:`_maybe_open8`); only those get the exact phase,
+which decides. When more than half the neurons were open at the previous step, one
+vectorised pass computes every exact phase instead (see :func:`_open_neurons`). Either way
+the neurons updated are exactly those whose exact phase is open.
 
 Compilation is lazy: importing this module defines the dispatchers but compiles nothing.
 Each kernel is compiled on its first call, once per dtype, and cached on disk when
@@ -83,13 +83,14 @@ from numba.extending import intrinsic, overload
 from . import config, scalar_math
 
 __all__ = ["layer_forward", "layer_backward", "ensure_available", "to_neuron_major",
-           "prepare_params", "empty_windows", "stream_forward", "clear_workspace",
-           "token_table", "PHASE_MARGIN"]
+           "prepare_params", "stream_forward", "clear_workspace", "token_table",
+           "SCREEN_MARGIN"]
 
-#: Relative margin (times ``|t| + |s| + tau``) by which a closed neuron's window of
-#: certainly-closed times is pulled in from the exact cycle bounds; rounding errors of
-#: the phase are below 1e-15 of that magnitude.
-PHASE_MARGIN = 1e-12
+#: Margin, relative to ``|(t - s) / tau| + 1``, by which the screen of possibly open
+#: neurons widens each open interval of phases. The approximate phase it uses is within
+#: ``2**-52`` of that magnitude of the exact one (one rounding in ``1 / tau``, one in the
+#: product; the fractional part is then exact): the margin is 4096 times that.
+SCREEN_MARGIN = 2.0 ** -40
 
 # Compiled code is cached only with the default flags: Numba's cache index does not
 # include fastmath, so a cache written with other flags could be served by mistake.
@@ -153,6 +154,72 @@ def _prefetch(typingctx, array, row, col):
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
         builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _maybe_open8(typingctx, tj, gate_rows, col):
+    """Bit mask (bit u for neuron ``col + u``, u < 8) of the neurons that may be open at
+    time ``tj``: those whose approximate phase ``f = y - floor(y)``, ``y = (tj - s) / tau``
+    (by the multiplication with ``1 / tau``), lies within :data:`SCREEN_MARGIN` ``* (|y| +
+    1)`` of their open interval ``[0, r_on)`` (or of 1, where an exact phase may wrap to 0).
+
+    ``gate_rows`` (3, Hg) float64: rows ``s``, ``1 / tau``, ``r_on`` (see
+    :func:`prepare_params`); ``col`` a multiple of 8 below Hg. Written as vector IR, eight
+    lanes of float64: the mask comes out of the comparison itself, where Numba's loops
+    would build it one bit at a time.
+    """
+    sig = numba.types.uint64(numba.types.float64, gate_rows, numba.types.intp)
+
+    def codegen(context, builder, signature, args):
+        t_arg, rows_arg, col_arg = args
+        f64 = ir.DoubleType()
+        i64 = ir.IntType(64)
+        vec = ir.VectorType(f64, 8)
+        rows = context.make_array(signature.args[1])(context, builder, rows_arg)
+        row_stride = builder.extract_value(rows.strides, 0)
+        base = builder.bitcast(rows.data, ir.IntType(8).as_pointer())
+
+        def load_row(r):  # gate_rows[r, col:col + 8]
+            offset = builder.add(builder.mul(row_stride, i64(r)), builder.mul(col_arg, i64(8)))
+            ptr = builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
+            return builder.load(ptr, align=8)
+
+        def call(name, value):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
+                                                name + ".v8f64")
+            return builder.call(fn, [value])
+
+        def splat(value):
+            return ir.Constant(vec, [value] * 8)
+
+        t_vec = builder.insert_element(ir.Constant(vec, ir.Undefined), t_arg, ir.IntType(32)(0))
+        t_vec = builder.shuffle_vector(t_vec, ir.Constant(vec, ir.Undefined),
+                                       ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+        y = builder.fmul(builder.fsub(t_vec, load_row(0)), load_row(1))
+        f = builder.fsub(y, call("llvm.floor", y))
+        margin = builder.fmul(builder.fadd(call("llvm.fabs", y), splat(1.0)),
+                              splat(SCREEN_MARGIN))
+        near_open = builder.fcmp_ordered("<", f, builder.fadd(load_row(2), margin))
+        near_wrap = builder.fcmp_ordered(">", f, builder.fsub(splat(1.0), margin))
+        bits = builder.bitcast(builder.or_(near_open, near_wrap), ir.IntType(8))
+        return builder.zext(bits, i64)
+
+    return sig, codegen
+
+
+@intrinsic
+def _lowest_bit(typingctx, word):
+    """Index of the lowest set bit of ``word`` (uint64, not 0): LLVM's count of trailing
+    zeros."""
+    sig = numba.types.intp(numba.types.uint64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = builder.module.declare_intrinsic("llvm.cttz", [i64],
+                                              ir.FunctionType(i64, [i64, ir.IntType(1)]))
+        return builder.call(fn, [args[0], ir.IntType(1)(1)])
 
     return sig, codegen
 
@@ -346,76 +413,21 @@ _dot = _device(_dot)
 
 
 # ---------------------------------------------------------------------------- kernels
-def _gate_neuron(n, tj, tau, inv_tau, s, r_on, two_r, lo, hi, k_out):
-    """Exact gate of neuron ``n`` at time ``tj`` (evaluation): True when it is open (its
-    openness then in ``k_out[n]``); when closed, record the window of times certainly
-    still on the closed piece of this cycle in ``lo[n]``, ``hi[n]``."""
-    phi = _phase(tj, tau[n], inv_tau[n], s[n])
-    if phi < r_on[n]:
-        k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
-        return True
-    start = tj - phi * tau[n]  # start of the current cycle
-    margin = PHASE_MARGIN * (abs(tj) + abs(s[n]) + tau[n])
-    lo[n] = start + r_on[n] * tau[n] + margin
-    hi[n] = start + tau[n] - margin
-    return False
+_MANY_OPEN = 2  # more than H / 2 open at the previous step: every exact phase, vectorised
 
 
-_gate_neuron = _device(_gate_neuron)
-
-
-_FEW_OPEN = 8  # the cheap path examines the previously open neurons when at most H / 8
-_WINDOW_MISSES = 4  # steps in a row outside the bounds before windows stop being kept
-_WINDOW_RETRY = 16  # ... then every 16th full pass keeps them again, to try
-
-
-def _list_open(phis, r_on, two_r, lo, hi, k_out, open_idx, bounds, windows):
-    """List the neurons open at phases ``phis`` in ``open_idx`` (their openness into
-    ``k_out``) and return how many; ``bounds`` gets [max lo, min hi] over the closed ones'
-    windows, or, without ``windows``, empty bounds (no step then takes the cheap path on
-    stale windows)."""
-    m = 0
-    max_lo = -np.inf
-    min_hi = np.inf
-    for n in range(phis.shape[0]):
-        phi = phis[n]
-        if phi < r_on[n]:
-            k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
-            open_idx[m] = n
-            m += 1
-        elif windows:
-            max_lo = max(max_lo, lo[n])
-            min_hi = min(min_hi, hi[n])
-    if not windows:
-        max_lo = np.inf
-        min_hi = -np.inf
-    bounds[0] = max_lo
-    bounds[1] = min_hi
-    return m
-
-
-_list_open = _device(_list_open)
-
-
-def _open_neurons(tj, tau, inv_tau, s, r_on, two_r, gate_open, lo, hi, k_out, open_idx, m_prev,
-                  bounds, phis, scan_state):
+def _open_neurons(tj, gate_rows, tau, inv_tau, s, r_on, two_r, gate_open, k_out, open_idx,
+                  m_prev, phis):
     """Evaluation gate (``leak = 0``): fill ``open_idx[:m]`` with the neurons updated at time
-    ``tj`` (increasing) and ``k_out`` with their openness (float64); return m. ``lo``, ``hi``
-    are this stream's closed windows, read and updated. ``gate_open``: every neuron, k = 1.
+    ``tj`` and ``k_out`` with their openness (float64); return m. ``gate_open``: every
+    neuron, k = 1.
 
-    ``bounds`` = [max lo, min hi] over the neurons that were closed at the previous call,
-    whose open neurons are ``open_idx[:m_prev]`` (``m_prev < 0``: no previous call). When
-    ``tj`` lies in every closed window (``max lo <= tj < min hi``) and few neurons were
-    open, only those can be open and only they are examined (exact phase each). Otherwise
-    every neuron's exact phase is computed by a vectorised pass.
-
-    Keeping the windows and their bounds costs that pass about a third more; it pays only
-    when events come densely (a stream), and is wasted when every step crosses windows (a
-    sparsely sampled sequence). ``scan_state`` = [misses, passes] (int64) tracks this: after
-    ``_WINDOW_MISSES`` steps in a row outside the bounds, full passes stop keeping windows
-    (the bounds become empty, so the cheap path is never taken on stale windows) except
-    every ``_WINDOW_RETRY``-th, which tries again. Whichever path runs, the neurons found
-    open and their phases are exactly those of a full scan.
+    When at most half the neurons were open at the previous step (``m_prev`` of them; -1
+    at the first), the neurons that may be open are screened eight at a time
+    (:func:`_maybe_open8`, bit masks gathered 64 to a word) and only those get the exact
+    phase. Otherwise one vectorised pass computes every exact phase into ``phis`` (when
+    most neurons are open that is cheaper than the exact phases one by one) and the open
+    ones are listed. The neurons found open and their phases are the same either way.
     """
     H = tau.shape[0]
     m = 0
@@ -424,44 +436,30 @@ def _open_neurons(tj, tau, inv_tau, s, r_on, two_r, gate_open, lo, hi, k_out, op
             k_out[n] = 1.0
             open_idx[n] = n
         return H
-    if m_prev >= 0 and bounds[0] <= tj and tj < bounds[1]:
-        scan_state[0] = 0
-        if m_prev * _FEW_OPEN <= H:
-            max_lo = bounds[0]
-            min_hi = bounds[1]
-            for p in range(m_prev):  # in place: m <= p
-                n = open_idx[p]
-                if _gate_neuron(n, tj, tau, inv_tau, s, r_on, two_r, lo, hi, k_out):
-                    open_idx[m] = n
-                    m += 1
-                else:
-                    max_lo = max(max_lo, lo[n])
-                    min_hi = min(min_hi, hi[n])
-            bounds[0] = max_lo
-            bounds[1] = min_hi
-            return m
-    elif m_prev >= 0:
-        scan_state[0] += 1
-    scan_state[1] += 1
-    windows = scan_state[0] < _WINDOW_MISSES or scan_state[1] % _WINDOW_RETRY == 0
-    # every neuron's exact phase, in a loop LLVM vectorises (no branches), with the window
-    # of the closed piece of its current cycle when kept; then the open ones are listed
-    if windows:
-        for n in range(H):
-            tau_n = tau[n]
-            phi = _phase_inline(tj, tau_n, inv_tau[n], s[n])
-            phis[n] = phi
-            start = tj - phi * tau_n  # start of the current cycle
-            margin = PHASE_MARGIN * (abs(tj) + abs(s[n]) + tau_n)
-            lo[n] = start + r_on[n] * tau_n + margin
-            hi[n] = start + tau_n - margin
-    else:
-        for n in range(H):
+    if m_prev * _MANY_OPEN > H:
+        for n in range(H):  # a loop LLVM vectorises (no branches)
             phis[n] = _phase_inline(tj, tau[n], inv_tau[n], s[n])
-    # the listing, compiled once for each case (``windows`` a constant at each call)
-    if windows:
-        return _list_open(phis, r_on, two_r, lo, hi, k_out, open_idx, bounds, True)
-    return _list_open(phis, r_on, two_r, lo, hi, k_out, open_idx, bounds, False)
+        for n in range(H):
+            phi = phis[n]
+            if phi < r_on[n]:
+                k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
+                open_idx[m] = n
+                m += 1
+        return m
+    groups = gate_rows.shape[1] // 8
+    for g0 in range(0, groups, 8):
+        word = np.uint64(0)  # the screen's bits of neurons 8 g0 .. 8 g0 + 63
+        for g in range(g0, min(g0 + 8, groups)):
+            word |= _maybe_open8(tj, gate_rows, 8 * g) << np.uint64(8 * (g - g0))
+        while word != 0:
+            n = 8 * g0 + _lowest_bit(word)
+            word &= word - np.uint64(1)
+            phi = _phase(tj, tau[n], inv_tau[n], s[n])
+            if phi < r_on[n]:
+                k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
+                open_idx[m] = n
+                m += 1
+    return m
 
 
 _open_neurons = _device(_open_neurons)
@@ -576,16 +574,16 @@ _open_cells = _device(_open_cells)
 
 
 def _forward_sparse(x, t, lengths, table, tokens, WxN, WhN, WhTp, w_ci, w_cf, w_co, tau, s,
-                    r_on, gate_open, h0, c0, lo, hi, h_seq, hT, cT, store, c_seq, i_c, f_c,
+                    r_on, gate_rows, gate_open, h0, c0, h_seq, hT, cT, store, c_seq, i_c, f_c,
                     g_c, o_c, tc_c, counts, rW, rb, y_seq):
-    """Evaluation forward (``leak = 0``), parallel over the batch; closed neurons cost two
-    comparisons.
+    """Evaluation forward (``leak = 0``), parallel over the batch; a closed neuron costs its
+    lane of the screen (:func:`_open_neurons`).
 
     The input projection of an event is ``table[tokens[b, j]] + x[b, j] Wx`` (``tokens``
-    of shape (0, 0): ``table[0]``, the bias). ``lo``, ``hi`` (B, H) float64: closed windows,
-    read and updated (streams keep them). With ``store`` the per-step values the backward
-    needs are written to ``c_seq`` ... ``tc_c`` (B, T, H) for the updated neurons (the
-    others are left unwritten); without, those arrays may be empty. ``counts`` (B, H) int64
+    of shape (0, 0): ``table[0]``, the bias). ``gate_rows``: the screen's timing rows (see
+    :func:`prepare_params`). With ``store`` the per-step values the backward needs are
+    written to ``c_seq`` ... ``tc_c`` (B, T, H) for the updated neurons (the others are left
+    unwritten); without, those arrays may be empty. ``counts`` (B, H) int64
     is incremented by the updates computed.
 
     Read-out (streams): when ``y_seq`` (B, T, C) is not empty, ``y_seq[b, j] = rb + h_j rW``
@@ -613,16 +611,12 @@ def _forward_sparse(x, t, lengths, table, tokens, WxN, WhN, WhTp, w_ci, w_cf, w_
         k64 = np.empty(H)
         phis = np.empty(H)
         open_idx = np.empty(H, np.int64)
-        bounds = np.empty(2)
-        scan_state = np.zeros(2, np.int64)
         L = lengths[b]
-        lo_b = lo[b]
-        hi_b = hi[b]
-        m = -1  # no previous step: the first one scans every neuron
+        m = -1  # no previous step
         for j in range(T):
             if j < L:
-                m = _open_neurons(t[b, j], tau, inv_tau, s, r_on, two_r, gate_open, lo_b, hi_b,
-                                  k64, open_idx, m, bounds, phis, scan_state)
+                m = _open_neurons(t[b, j], gate_rows, tau, inv_tau, s, r_on, two_r, gate_open,
+                                  k64, open_idx, m, phis)
                 if m > 0:
                     row0 = table[tokens[b, j]] if use_tokens else table[0]
                     _sparse_preacts(row0, x[b, j], hp, WxN, WhN, WhTp, open_idx, m, z)
@@ -1018,7 +1012,8 @@ def prepare_params(params, gate_open, dense=True, sparse=True):
         Include the weights in the contract layout (and ``Wh^T``), for the dense kernels
         and the backward.
     sparse : bool
-        Include neuron-major copies (and a zero-padded transpose) for the sparse kernel.
+        Include neuron-major copies (and a zero-padded transpose) for the sparse kernel,
+        and the timing rows its screen reads (``gate_rows``, see :func:`_maybe_open8`).
 
     Returns
     -------
@@ -1046,6 +1041,11 @@ def prepare_params(params, gate_open, dense=True, sparse=True):
     else:
         for name in ("tau", "s", "r_on"):  # the phase is computed in float64
             prepared[name] = np.ascontiguousarray(params[name], dtype=np.float64)
+    if sparse:  # the screen's rows s, 1 / tau, r_on, padded to groups of 8 that never pass
+        gate_rows = np.zeros((3, -(-H // 8) * 8))
+        gate_rows[2] = -1.0
+        gate_rows[:, :H] = prepared["s"], 1.0 / prepared["tau"], prepared["r_on"]
+        prepared["gate_rows"] = gate_rows
     return prepared
 
 
@@ -1066,11 +1066,6 @@ def token_table(prepared, E):
     table = np.ascontiguousarray(E @ prepared["WxN"][:De] + prepared["bN"])
     rest = dict(prepared, WxN=np.ascontiguousarray(prepared["WxN"][De:]))
     return table, rest
-
-
-def empty_windows(B, H):
-    """Closed windows that contain no time (every first phase is computed exactly)."""
-    return np.full((B, H), np.inf), np.full((B, H), -np.inf)
 
 
 _workspace = threading.local()
@@ -1245,15 +1240,14 @@ def layer_forward(params, x, t, lengths, h0, c0, leak, gate_open=False):
 
 
 def _forward_sparse_run(p, x, t, lengths, h0, c0, counts, stored):
-    """Run the sparse forward kernel from fresh windows; ``stored``: None, or the dict of
-    arrays (B, T, H) to fill with what the backward needs."""
+    """Run the sparse forward kernel; ``stored``: None, or the dict of arrays (B, T, H) to
+    fill with what the backward needs."""
     B, T, _ = x.shape
     H = h0.shape[1]
     dtype = h0.dtype
     h_seq = _reusable("h_seq", (B, T, H), dtype)
     hT = np.empty((B, H), dtype)
     cT = np.empty((B, H), dtype)
-    lo, hi = empty_windows(B, H)
     if stored is None:
         none = np.empty((0, 0, 0), dtype)
         arrays = (none,) * 6
@@ -1262,22 +1256,21 @@ def _forward_sparse_run(p, x, t, lengths, h0, c0, counts, stored):
     kernel = forward_kernel if B > 1 else forward_kernel_serial
     kernel(x, t, lengths, p["bias_table"], np.empty((0, 0), np.int64), p["WxN"], p["WhN"],
            p["WhTp"], p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"],
-           p["gate_open"], h0, c0, lo, hi, h_seq, hT, cT, stored is not None, *arrays, counts,
-           np.empty((0, 0)), np.empty(0), np.empty((0, 0, 0), dtype))
+           p["gate_rows"], p["gate_open"], h0, c0, h_seq, hT, cT, stored is not None, *arrays,
+           counts, np.empty((0, 0)), np.empty(0), np.empty((0, 0, 0), dtype))
     return h_seq, (hT, cT)
 
 
-def stream_forward(prepared, x, t, lengths, h0, c0, lo, hi, counts, gate_open, table=None,
+def stream_forward(prepared, x, t, lengths, h0, c0, counts, gate_open, table=None,
                    tokens=None, readout=None):
     """Evaluation forward (``leak = 0``) that stores nothing for a backward pass.
 
-    For :class:`plstm_np.streaming.Stream`: ``lo``, ``hi`` (B, H) are the streams' closed
-    windows and ``counts`` (B, H) their update counts, both updated in place; ``gate_open``
-    forces k = 1 (the LSTM). With
-    ``table`` and ``tokens`` (B, T) (see :func:`token_table`), an event's input projection
-    is ``table[token] + x Wx[rest]``; ``prepared`` is then the one :func:`token_table`
-    returned. With ``readout = (W, b)`` (W (H, C), b (C,)), the read-out ``h W + b`` after
-    every step is computed in the kernel, incrementally (see ``_forward_sparse``).
+    For :class:`plstm_np.streaming.Stream`: ``counts`` (B, H) are the streams' update
+    counts, updated in place; ``gate_open`` forces k = 1 (the LSTM). With ``table`` and
+    ``tokens`` (B, T) (see :func:`token_table`), an event's input projection is
+    ``table[token] + x Wx[rest]``; ``prepared`` is then the one :func:`token_table` returned.
+    With ``readout = (W, b)`` (W (H, C), b (C,)), the read-out ``h W + b`` after every step
+    is computed in the kernel, incrementally (see ``_forward_sparse``).
 
     Returns
     -------
@@ -1307,9 +1300,8 @@ def stream_forward(prepared, x, t, lengths, h0, c0, lo, hi, counts, gate_open, t
         rb = np.ascontiguousarray(readout[1], dtype=np.float64)
         y_seq = np.empty((B, T, rW.shape[1]), dtype)
     kernel(x, t, lengths, table, tokens, p["WxN"], p["WhN"], p["WhTp"], p["w_ci"], p["w_cf"],
-           p["w_co"], p["tau"], p["s"], p["r_on"], bool(gate_open), h0, c0, lo, hi, h_seq, hT,
-           cT, False, none,
-           none, none, none, none, none, counts, rW, rb, y_seq)
+           p["w_co"], p["tau"], p["s"], p["r_on"], p["gate_rows"], bool(gate_open), h0, c0,
+           h_seq, hT, cT, False, none, none, none, none, none, none, counts, rW, rb, y_seq)
     if readout is None:
         return h_seq, hT, cT
     return h_seq, hT, cT, y_seq

@@ -3,8 +3,8 @@
 An event camera or a multi-rate sensor pipeline does not have the whole recording: it
 delivers events one at a time or in packets. :class:`Stream` keeps, for every stream of a
 batch of independent streams, the state ``(h, c)`` of every layer, the time of the last
-event and the closed-gate windows of the Numba kernel, and evaluates the network
-(``alpha = 0``, closed neurons skipped) on each packet. Pushing a recording in pieces gives
+event and the update counts, and evaluates the network (``alpha = 0``, closed neurons
+skipped) on each packet. Pushing a recording in pieces gives
 the same outputs as :meth:`plstm_np.Network.forward` with ``training=False`` run on the
 whole recording::
 
@@ -96,7 +96,6 @@ class Stream:
         B = self.batch
         self.states = [(np.zeros((B, layer.hidden_size), self.dtype),
                         np.zeros((B, layer.hidden_size), self.dtype)) for layer in self.layers]
-        self._windows = [numba_backend.empty_windows(B, layer.hidden_size) for layer in self.layers]
         self.update_counts = [np.zeros((B, layer.hidden_size), np.int64) for layer in self.layers]
         self.last_time = np.full(B, np.nan)
         self.events = np.zeros(B, np.int64)
@@ -197,13 +196,12 @@ class Stream:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h0, c0 = self.states[i]
-            lo, hi = self._windows[i]
             features = np.ascontiguousarray(layer._features(inp, t3))
             table = self._table if i == 0 else None
             # the top layer's kernel also computes the read-out (incrementally)
             readout = self._readout if i == last and self.network is not None else None
             res = numba_backend.stream_forward(
-                self._prepared[i], features, t3, lengths, h0, c0, lo, hi, self.update_counts[i],
+                self._prepared[i], features, t3, lengths, h0, c0, self.update_counts[i],
                 layer.gate_open, table=table, tokens=tokens if i == 0 else None,
                 readout=readout)
             inp, hT, cT = res[:3]

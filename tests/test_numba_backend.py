@@ -8,7 +8,7 @@ import pytest
 
 import plstm_np as pl
 from plstm_np import config, reference
-from plstm_np.time_gate import time_gate
+from plstm_np.time_gate import phase, time_gate
 
 from conftest import make_batch, make_network
 
@@ -170,24 +170,57 @@ def test_skipping_counts_open_triples():
     assert cache_n["updates"] < 0.15 * dense
 
 
-def test_gate_scan_switching_between_dense_and_sparse_times():
-    # bursts of close events (the cheap path over kept windows) alternating with long gaps
-    # (every step crosses windows: full passes, windows dropped, then retried): the neurons
-    # updated must still be exactly the open ones, and the results the reference's
+def assert_updates_are_the_open_triples(params, x, t, lengths, h0, c0):
+    """The sparse kernel updates exactly the (sample, step, neuron) triples whose phase is
+    on the open pieces, 0 <= phi < r_on, and its outputs are the reference's."""
+    h_r, (hT_r, cT_r), _ = reference.layer_forward(params, x, t, lengths, h0, c0, 0.0)
+    h_n, (hT_n, cT_n), cache_n = nb.layer_forward(params, x, t, lengths, h0, c0, 0.0)
+    valid = np.arange(t.shape[1])[None, :] < lengths[:, None]
+    phi = phase(np.where(valid, t, 0.0)[:, :, None], params["tau"], params["s"])
+    phi = np.where(phi >= 1.0, 0.0, phi)  # a remainder that rounds up to tau: phase 0
+    open_triples = (phi < params["r_on"]) & valid[:, :, None]
+    np.testing.assert_array_equal(cache_n["update_counts"], open_triples.sum(1))
+    for a, e in ((h_n, h_r), (hT_n, hT_r), (cT_n, cT_r)):
+        assert max_rel_diff(a, e) <= RTOL[np.float64]
+    return open_triples
+
+
+def test_screen_keeps_neurons_at_the_edges_of_their_open_phase():
+    # times on and an ulp either side of each neuron's opening (phase 0, where a phase just
+    # below 1 rounds to 0) and closing (phase r_on), far from and before t = 0 (where the
+    # screen's approximate phase is furthest off): the screen must pass every open neuron
+    rng = np.random.default_rng(23)
+    B, T, H = 4, 240, 70  # H: a full word of 64 bits, a group of 6 padded to 8
+    params, x, t, lengths, h0, c0 = random_layer_problem(rng, np.float64, B=B, T=T, H=H,
+                                                         r_on_range=(0.02, 0.2))
+    lengths[:] = T
+    tau, s, r_on = params["tau"], params["s"], params["r_on"]
+    n = rng.integers(0, H, (B, T))
+    cycles = rng.choice([-1e5, -3.0, 0.0, 7.0, 1e4, 1e6], (B, T)) + rng.integers(0, 50, (B, T))
+    edge = np.where(rng.random((B, T)) < 0.5, 0.0, r_on[n])  # opening or closing
+    t = s[n] + (cycles + edge) * tau[n]
+    t = np.where(rng.random((B, T)) < 0.5, t, np.nextafter(t, rng.choice([-np.inf, np.inf])))
+    t = np.sort(t, axis=1)
+    x = rng.normal(size=(B, T, 3))
+    open_triples = assert_updates_are_the_open_triples(params, x, t, lengths, h0, c0)
+    assert 0 < open_triples.sum(2).max() <= H // 2  # few open: the screen decided
+
+
+def test_gate_scan_switching_between_many_and_few_open():
+    # neurons of nearly equal periods and shifts open together: steps with most of them
+    # open (every exact phase, vectorised) alternate with steps with few (the screen)
     rng = np.random.default_rng(21)
     B, T, H = 3, 400, 30
-    params, x, t, lengths, h0, c0 = random_layer_problem(rng, np.float64, B=B, T=T, H=H,
-                                                         r_on_range=(0.03, 0.2))
+    params, x, t, lengths, h0, c0 = random_layer_problem(rng, np.float64, B=B, T=T, H=H)
     lengths[:] = T
+    params["tau"] = 10.0 * rng.uniform(1.0, 1.01, H)
+    params["s"] = rng.uniform(0.0, 1.0, H)
+    params["r_on"] = rng.uniform(0.1, 0.3, H)
     x = rng.normal(size=(B, T, 3))
-    gaps = np.where((np.arange(T) // 40) % 2 == 0, 0.003, 2.5)  # 40 dense, 40 sparse, ...
-    t = np.cumsum(gaps[None, :] * rng.uniform(0.5, 1.5, (B, T)), axis=1) - 30.0
-    h_r, (hT_r, cT_r), cache_r = reference.layer_forward(params, x, t, lengths, h0, c0, 0.0)
-    h_n, (hT_n, cT_n), cache_n = nb.layer_forward(params, x, t, lengths, h0, c0, 0.0)
-    assert max_rel_diff(h_n, h_r) <= RTOL[np.float64]
-    assert max_rel_diff(cT_n, cT_r) <= RTOL[np.float64]
-    k = time_gate(t[:, :, None], params["tau"], params["s"], params["r_on"], 0.0)
-    np.testing.assert_array_equal(cache_n["update_counts"], (k > 0).sum(1))
+    t = np.cumsum(rng.uniform(0.0, 0.2, (B, T)), axis=1) - 5.0
+    open_triples = assert_updates_are_the_open_triples(params, x, t, lengths, h0, c0)
+    many_before = open_triples[:, :-1].sum(2) * nb._MANY_OPEN > H
+    assert many_before.sum() > 50 and (~many_before).sum() > 50  # both ways, many times
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -289,8 +322,6 @@ def test_fresh_process_loads_kernels_from_cache():
 def test_phase_bitwise_equal_to_numpy():
     # the kernels' fused multiply-add phase against time_gate.phase, including times on and
     # one ulp either side of cycle boundaries, negative times and large quotients
-    from plstm_np.time_gate import phase
-
     rng = np.random.default_rng(8)
     N = 30000
     tau = np.exp(rng.uniform(-3.0, 6.0, N))
