@@ -249,7 +249,8 @@ def _phase(t, tau, inv_tau, s):
     return 0.0 if phi >= 1.0 else phi  # a tiny negative remainder rounds up to tau: 0
 
 
-# the phase gets no fast-math flag at all: it must stay bitwise equal to NumPy's
+# the phase gets no fast-math flag at all: it must stay bitwise equal to NumPy's. The
+# kernels inline it; the plain dispatcher lets the tests call it from Python.
 _phase_inline = numba.njit(_phase, cache=_CACHE, error_model="numpy", inline="always")
 _phase = numba.njit(_phase, cache=_CACHE, error_model="numpy")
 
@@ -454,7 +455,7 @@ def _open_neurons(tj, gate_rows, tau, inv_tau, s, r_on, two_r, gate_open, k_out,
         while word != 0:
             n = 8 * g0 + _lowest_bit(word)
             word &= word - np.uint64(1)
-            phi = _phase(tj, tau[n], inv_tau[n], s[n])
+            phi = _phase_inline(tj, tau[n], inv_tau[n], s[n])
             if phi < r_on[n]:
                 k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
                 open_idx[m] = n
