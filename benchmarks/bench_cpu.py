@@ -9,6 +9,7 @@ One run times, on the same shapes and data:
   alpha = 0, float32, packets of events: Numba :class:`plstm_np.streaming.Stream`, and
   torch's fused ``nn.LSTM`` (+ Linear) on the same events and packets;
 - evaluation throughput of the Numba kernel against r_on (skipping pays);
+- training with the leak switched off (alpha = 0) against r_on: the backward skips too;
 - the peak memory (tracemalloc) of one training step and what BPTT stores.
 
 PyTorch is optional and never a dependency: its rows are skipped when it is absent.
@@ -73,8 +74,8 @@ def training_problem(rng, B=32, T=125, H=110, dtype=np.float32):
     return pl.Dataset(x, t, y)
 
 
-def make_train_net(backend, H=110, dtype=np.float32):
-    layer = pl.PhasedLSTM(1, H, dtype=dtype, backend=backend, rng=0, leak=1e-3)
+def make_train_net(backend, H=110, dtype=np.float32, leak=1e-3, r_on=0.05):
+    layer = pl.PhasedLSTM(1, H, r_on=r_on, dtype=dtype, backend=backend, rng=0, leak=leak)
     return pl.Network([layer], pl.Dense(H, 2, dtype=dtype, rng=1))
 
 
@@ -291,6 +292,22 @@ def main():
     print(f"evaluation time at r_on=0.05 / r_on=1: {ratio:.3f} (fastest runs), "
           f"{ratio_median:.3f} (medians)")
 
+    # -- leak-free training vs r_on (the backward skips closed neurons too) --------------
+    leak_free = {}
+    for r_on in (0.01, 0.05, 0.2, 1.0):
+        net = make_train_net("numba", leak=0.0, r_on=r_on)
+        opt = Adam(net)
+
+        def step():
+            loss, grads = net.loss_and_grads(data)
+            opt.step({k: v for k, v in grads.items() if k in net.params})
+
+        best, median = best_time(step, 2 * repeats)
+        leak_free[str(r_on)] = dict(seconds=best, median_seconds=median,
+                                    sample_steps_per_s=B * T / best)
+        print(f"train numba, alpha=0, r_on={r_on:<5}: {B * T / best:12,.0f} sample-steps/s")
+    results["training_leak_free"] = leak_free
+
     # -- torch ------------------------------------------------------------------------
     rows = torch_rows(data, events, packet, args.threads)
     results["torch"] = rows
@@ -320,8 +337,11 @@ def plot(results):
     r = [float(k) for k in results["evaluation"]]
     axes[0].plot(r, [v["sample_steps_per_s"] for v in results["evaluation"].values()], "o-",
                  label="numba evaluation, 1-110, B=32")
+    lf = results["training_leak_free"]
+    axes[0].plot([float(k) for k in lf], [v["sample_steps_per_s"] for v in lf.values()], "s-",
+                 label="numba training step, 1-110-2, B=32")
     axes[0].set(xscale="log", yscale="log", xlabel="r_on", ylabel="sample-steps / s",
-                title="Evaluation (alpha = 0)")
+                title="Leak-free (alpha = 0)")
     by = {k: v for k, v in results["streaming"]["by_r_on"].items() if "events" in v}
     axes[1].plot([float(k) for k in by], [v["events_per_s"] for v in by.values()], "o-",
                  label="numba Stream, 41-110-10")

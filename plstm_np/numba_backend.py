@@ -20,18 +20,27 @@ Two forward kernels:
   product when many neurons are open; the open neurons' cells are then updated a group of
   ``_LANES`` at a time by a vectorised loop (see :func:`_open_cells`).
 
-The backward kernel runs the batch chunks through time backwards, with vectorised loops
-for the gates and cells, one BLAS product ``dz Wh^T`` per step, and the weight gradient
-``h_{j-1}^T dz`` as one BLAS product per ``_WG_STEPS`` steps of the chunk, while those
-steps' dz are still in the cache: dz is never stored for the whole sequence. While the
-dense kernels run, the BLAS they call is held single-threaded (:class:`_SerialBLAS`): its
-own threads would contend with the kernels'.
+Two backward kernels:
+
+- *dense*: runs the batch chunks through time backwards, with vectorised loops for the
+  gates and cells, one BLAS product ``dz Wh^T`` per step, and the weight gradient
+  ``h_{j-1}^T dz`` as one BLAS product per ``_WG_STEPS`` steps of the chunk, while those
+  steps' dz are still in the cache: dz is never stored for the whole sequence.
+- *sparse* (after a ``leak == 0`` forward): visits only the updated neurons; a closed one
+  passes its state gradients back unchanged, so costs nothing. Each open neuron's four
+  pre-activation gradients are spread by contiguous rows (``WhTp``, and a neuron-major
+  weight gradient). When more than ``_SPARSE_BACKWARD`` of all neuron-steps were updates,
+  the forward is rerun dense instead and the dense backward is faster.
+
+While the dense kernels run, the BLAS they call is held single-threaded
+(:class:`_SerialBLAS`): its own threads would contend with the kernels'.
 
 Memory. A training forward keeps ``h``, ``c``, ``i``, ``f``, ``g``, ``o`` and ``tanh(c~)`` per
 step: what a hand-written LSTM stores. ``c~`` and the time gate ``k`` (and whether a neuron
 was updated) are recomputed in the backward, which needs the exact phase anyway for the
 timing gradients. An evaluation forward (``leak == 0``) keeps only ``h``; a backward through
-it first reruns the forward, storing. The large per-call arrays (``h``, the stored block)
+it first reruns the forward, storing (the sparse kernel stores the gates of the updated
+neurons only, and ``c``). The large per-call arrays (``h``, the stored block)
 reuse the memory of the previous call's once nothing refers to them (:func:`_reusable`):
 fresh memory that size costs page faults worth a large part of a training step.
 
@@ -420,8 +429,8 @@ _MANY_OPEN = 2  # more than H / 2 open at the previous step: every exact phase, 
 def _open_neurons(tj, gate_rows, tau, inv_tau, s, r_on, two_r, gate_open, k_out, open_idx,
                   m_prev, phis):
     """Evaluation gate (``leak = 0``): fill ``open_idx[:m]`` with the neurons updated at time
-    ``tj`` and ``k_out`` with their openness (float64); return m. ``gate_open``: every
-    neuron, k = 1.
+    ``tj``, ``k_out`` with their openness and ``phis`` with their phases (float64); return
+    m. ``gate_open``: every neuron, k = 1.
 
     When at most half the neurons were open at the previous step (``m_prev`` of them; -1
     at the first), the neurons that may be open are screened eight at a time
@@ -457,6 +466,7 @@ def _open_neurons(tj, gate_rows, tau, inv_tau, s, r_on, two_r, gate_open, k_out,
             word &= word - np.uint64(1)
             phi = _phase_inline(tj, tau[n], inv_tau[n], s[n])
             if phi < r_on[n]:
+                phis[n] = phi
                 k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
                 open_idx[m] = n
                 m += 1
@@ -784,30 +794,22 @@ def _forward_dense(x, t, lengths, Wx, Wh, b_, w_ci, w_cf, w_co, tau, s, r_on, le
         cT[b0:b1] = c
 
 
-def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, two_r2, leak, dense, phis, k, gtau, gs,
-                    gr):
-    """The time gate of every neuron at ``tj`` and its derivatives, for the backward:
-    ``k`` (model dtype) and, float64, ``gtau``, ``gs``, ``gr`` = dk/dtau, dk/ds, dk/dr_on.
-    ``dense``: every neuron was updated; otherwise only those on an open piece (exactly as
-    the forward found them), the others get k = 0 and zero derivatives. One output per
-    loop (see :func:`_cells_row`)."""
+def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, two_r2, leak, phis, k, gtau, gs, gr):
+    """The time gate of every neuron at ``tj`` and its derivatives, for the dense backward
+    (every neuron updated): ``k`` (model dtype) and, float64, ``gtau``, ``gs``, ``gr`` =
+    dk/dtau, dk/ds, dk/dr_on. One output per loop (see :func:`_cells_row`)."""
     H = k.shape[0]
     for n in range(H):
         phis[n] = _phase_inline(tj, tau[n], inv_tau[n], s[n])
     for n in range(H):
-        updated = dense or phis[n] < r_on[n]
-        k[n] = _openness(phis[n], r_on[n], two_r[n], leak) if updated else 0.0
+        k[n] = _openness(phis[n], r_on[n], two_r[n], leak)
     for n in range(H):
-        updated = dense or phis[n] < r_on[n]
-        dk_dphi = _dk_dphi(phis[n], r_on[n], two_r[n], leak) if updated else 0.0
+        dk_dphi = _dk_dphi(phis[n], r_on[n], two_r[n], leak)
         gtau[n] = dk_dphi * (-(tj - s[n]) * (inv_tau[n] * inv_tau[n]))
     for n in range(H):
-        updated = dense or phis[n] < r_on[n]
-        dk_dphi = _dk_dphi(phis[n], r_on[n], two_r[n], leak) if updated else 0.0
-        gs[n] = -dk_dphi * inv_tau[n]
+        gs[n] = -_dk_dphi(phis[n], r_on[n], two_r[n], leak) * inv_tau[n]
     for n in range(H):
-        updated = dense or phis[n] < r_on[n]
-        gr[n] = _dk_dr_on(phis[n], r_on[n], two_r2[n]) if updated else 0.0
+        gr[n] = _dk_dr_on(phis[n], r_on[n], two_r2[n])
 
 
 _gate_grads_row = _device(_gate_grads_row)
@@ -868,6 +870,8 @@ _cell_grads_row = _device(_cell_grads_row)
 
 
 _WG_STEPS = 8  # steps of a chunk per BLAS product of the weight gradient h_{j-1}^T dz
+_SPARSE_BACKWARD = 0.2  # after a leak-free forward, the backward visits only the updated
+# neurons when they are at most this share of all (else the dense kernels are faster)
 
 
 def _add_product_rows(a_ring, b_ring, steps, part, out):
@@ -886,19 +890,18 @@ _add_product_rows = _device(_add_product_rows)
 
 
 def _backward(dh_seq, dhT, dcT, x, t, lengths, Wx, WhT, w_ci, w_cf, w_co, tau, s, r_on, leak,
-              gate_open, dense, h0, c0, h_seq, c_seq, i_c, f_c, g_c, o_c, tc_c, nchunks, dx,
-              dh0, dc0, dtau, ds, dr_on, dpeep, dWhN, dWxN, dbN):
-    """BPTT kernel, parallel over ``nchunks`` chunks of the batch (``Wx``, ``WhT`` = Wh^T
-    and the pre-activation gradients dz in gate blocks).
+              gate_open, h0, c0, h_seq, c_seq, i_c, f_c, g_c, o_c, tc_c, nchunks, dx, dh0, dc0,
+              dtau, ds, dr_on, dpeep, dWhN, dWxN, dbN):
+    """BPTT kernel of the dense forward (every neuron updated at every valid step: ``leak >
+    0`` or ``gate_open``), parallel over ``nchunks`` chunks of the batch (``Wx``, ``WhT`` =
+    Wh^T and the pre-activation gradients dz in gate blocks).
 
-    ``dense``: every neuron was updated at every valid step; otherwise (``leak = 0``) the
-    neurons updated are those with phase on an open piece (recomputed, exactly as the
-    forward found them). Per chunk and step, after the cells: two BLAS products, ``dz Wh^T``
-    (into dh) and ``h_{j-1}^T dz`` (into the chunk's dWh), so dz never leaves the cache
-    and is never stored. Writes dx = dz Wx^T (B, T, D), dh0, dc0, the per-sample float64
-    timing gradients dtau, ds, dr_on (B, H) and, per chunk, the float64 peephole gradients
-    dpeep (nchunks, 3, H) and the weight gradients dWhN (nchunks, H, 4H), dWxN (nchunks, D,
-    4H), dbN (nchunks, 4H): the caller sums over the chunks.
+    Per chunk and step, after the cells: two BLAS products, ``dz Wh^T`` (into dh) and
+    ``h_{j-1}^T dz`` (into the chunk's dWh), so dz never leaves the cache and is never
+    stored. Writes dx = dz Wx^T (B, T, D), dh0, dc0, the per-sample float64 timing
+    gradients dtau, ds, dr_on (B, H) and, per chunk, the float64 peephole gradients dpeep
+    (nchunks, 3, H) and the weight gradients dWhN (nchunks, H, 4H), dWxN (nchunks, D, 4H),
+    dbN (nchunks, 4H): the caller sums over the chunks.
     """
     B, T, H = h_seq.shape
     H4 = 4 * H
@@ -956,8 +959,8 @@ def _backward(dh_seq, dhT, dcT, x, t, lengths, Wx, WhT, w_ci, w_cf, w_co, tau, s
                 if gate_open:
                     kbuf[:] = one
                 else:
-                    _gate_grads_row(t[b, j], tau, inv_tau, s, r_on, two_r, two_r2, leak, dense,
-                                    phis, kbuf, gtau, gs, gr)
+                    _gate_grads_row(t[b, j], tau, inv_tau, s, r_on, two_r, two_r2, leak, phis,
+                                    kbuf, gtau, gs, gr)
                 _cell_grads_row(dh[r], dc[r], hp, cp, i_c[b, j], f_c[b, j], g_c[b, j],
                                 o_c[b, j], tc_c[b, j], kbuf, w_ci, w_cf, w_co, dzr, not gate_open,
                                 gtau, gs, gr, dtau[b], ds[b], dr_on[b], dpeep[chunk, 0],
@@ -986,10 +989,133 @@ def _backward(dh_seq, dhT, dcT, x, t, lengths, Wx, WhT, w_ci, w_cf, w_co, tau, s
         dc0[b0:b1] = dc
 
 
+def _backward_sparse(dh_seq, dhT, dcT, x, t, lengths, WxN, WhTp, w_ci, w_cf, w_co, tau, s,
+                     r_on, gate_rows, h0, c0, h_seq, c_seq, i_c, f_c, g_c, o_c, tc_c, nchunks,
+                     dx, dh0, dc0, dtau, ds, dr_on, dpeep, dWhT, dWxN, dbN, visits):
+    """BPTT through an evaluation forward (``leak = 0``) that visits only the updated neurons,
+    parallel over ``nchunks`` chunks of the batch.
+
+    A closed neuron carries (h, c) unchanged, so it passes its state gradients back
+    unchanged and its pre-activations get no gradient: nothing to compute. At each step
+    the open neurons are found exactly as the forward found them (:func:`_open_neurons`);
+    each gets the scalar cell gradients of :func:`_cell_grads_row`, then its four
+    pre-activation gradients dz are spread by rows: ``dz WhTp[4 n + g]`` into dh,
+    ``dz h_{j-1}`` into row ``4 n + g`` of the chunk's ``dWhT`` (4H, Hp) (neuron-major, Wh's
+    columns as rows, padded like ``WhTp``), ``dz x_j`` into ``dWxN`` (D, 4H) and ``dbN`` (4H,) (neuron-major).
+    The stored gate values (``i_c`` ...) are read at the updated neurons only. ``visits``
+    (B,) int64 gets the number of neuron-steps visited. Other outputs as in
+    :func:`_backward`.
+    """
+    B, T, H = h_seq.shape
+    D = dx.shape[2]
+    one = h0.dtype.type(1.0)
+    inv_tau, two_r, two_r2 = _gate_constants(tau, r_on)
+    for chunk in prange(nchunks):
+        b0, b1 = _chunk_bounds(chunk, nchunks, B)
+        dWh = dWhT[chunk]
+        dWx = dWxN[chunk]
+        db = dbN[chunk]
+        dw = dpeep[chunk]
+        dWh[:] = 0
+        dWx[:] = 0
+        db[:] = 0
+        dw[:] = 0.0
+        k64 = np.empty(H)
+        phis = np.empty(H)
+        open_idx = np.empty(H, np.int64)
+        dz = np.empty(4 * H, h0.dtype)  # four per open neuron, in the order listed
+        Hp = WhTp.shape[1]
+        dhp = np.zeros(Hp, h0.dtype)  # dh and h_{j-1}, zero-padded like WhTp's rows
+        hpp = np.zeros(Hp, h0.dtype)
+        dh = dhp[:H]
+        for b in range(b0, b1):
+            _copy(dh, dhT[b])
+            dc = dcT[b].copy()
+            for n in range(H):
+                dtau[b, n] = 0.0
+                ds[b, n] = 0.0
+                dr_on[b, n] = 0.0
+            m = -1
+            for j in range(T - 1, -1, -1):
+                for n in range(H):
+                    dh[n] += dh_seq[b, j, n]
+                if j >= lengths[b]:  # padded step: state carried, nothing computed
+                    for d in range(D):
+                        dx[b, j, d] = 0
+                    continue
+                tj = t[b, j]
+                m = _open_neurons(tj, gate_rows, tau, inv_tau, s, r_on, two_r, False, k64,
+                                  open_idx, m, phis)
+                visits[b] += m
+                hp = h_seq[b, j - 1] if j > 0 else h0[b]
+                cp = c_seq[b, j - 1] if j > 0 else c0[b]
+                for p in range(m):  # the cells, as _cell_grads_row, one neuron at a time
+                    n = open_idx[p]
+                    k = h0.dtype.type(k64[n])
+                    ii = i_c[b, j, n]
+                    ff = f_c[b, j, n]
+                    gg = g_c[b, j, n]
+                    oo = o_c[b, j, n]
+                    tc = tc_c[b, j, n]
+                    cpn = cp[n]
+                    dhn = dh[n]
+                    dcn = dc[n]
+                    ct = ff * cpn + ii * gg
+                    dk = dcn * (ct - cpn) + dhn * (oo * tc - hp[n])
+                    phi = phis[n]
+                    dk_dphi = _dk_dphi(phi, r_on[n], two_r[n], 0.0)
+                    dtau[b, n] += dk * (dk_dphi * (-(tj - s[n]) * (inv_tau[n] * inv_tau[n])))
+                    ds[b, n] += dk * (-dk_dphi * inv_tau[n])
+                    dr_on[b, n] += dk * _dk_dr_on(phi, r_on[n], two_r2[n])
+                    dz_o = dhn * k * tc * oo * (one - oo)
+                    dct = dcn * k + dhn * k * oo * (one - tc * tc) + dz_o * w_co[n]
+                    dz_i = dct * gg * ii * (one - ii)
+                    dz_f = dct * cpn * ff * (one - ff)
+                    dz_g = dct * ii * (one - gg * gg)
+                    dc[n] = dcn * (one - k) + dct * ff + dz_i * w_ci[n] + dz_f * w_cf[n]
+                    dh[n] = dhn * (one - k)
+                    dw[0, n] += dz_i * cpn
+                    dw[1, n] += dz_f * cpn
+                    dw[2, n] += dz_o * ct
+                    dz[4 * p] = dz_i
+                    dz[4 * p + 1] = dz_f
+                    dz[4 * p + 2] = dz_g
+                    dz[4 * p + 3] = dz_o
+                _copy(hpp[:H], hp)
+                for p in range(m):  # then the pre-activations' gradients, by rows
+                    n4 = 4 * open_idx[p]
+                    d0 = dz[4 * p]
+                    d1 = dz[4 * p + 1]
+                    d2 = dz[4 * p + 2]
+                    d3 = dz[4 * p + 3]
+                    for q in range(Hp):  # dh += dz Wh^T (padded rows: no remainder loop)
+                        dh[q] += (d0 * WhTp[n4, q] + d1 * WhTp[n4 + 1, q]
+                                  + d2 * WhTp[n4 + 2, q] + d3 * WhTp[n4 + 3, q])
+                    for g in range(4):
+                        dzr = dz[4 * p + g]
+                        dWh_row = dWh[n4 + g]
+                        for q in range(Hp):
+                            dWh_row[q] += dzr * hpp[q]
+                        db[n4 + g] += dzr
+                for d in range(D):  # padded inputs may hold NaN: only valid steps read x
+                    xd = x[b, j, d]
+                    acc = h0.dtype.type(0.0)
+                    for p in range(m):
+                        for g in range(4):
+                            row = 4 * open_idx[p] + g
+                            acc += dz[4 * p + g] * WxN[d, row]
+                            dWx[d, row] += xd * dz[4 * p + g]
+                    dx[b, j, d] = acc
+            _copy(dh0[b], dh)
+            dc0[b] = dc
+
+
+
 forward_kernel = _jit(_forward_sparse, parallel=True)
 forward_kernel_serial = _jit(_forward_sparse, parallel=False)
 forward_dense_kernel = _jit(_forward_dense, parallel=True)
 backward_kernel = _jit(_backward, parallel=True)
+backward_sparse_kernel = _jit(_backward_sparse, parallel=True)
 
 
 # ---------------------------------------------------------------------------- layout
@@ -1221,23 +1347,34 @@ def layer_forward(params, x, t, lengths, h0, c0, leak, gate_open=False):
     cache = dict(backend="numba", params=params, prepared=p, x=x, t=t, lengths=lengths, h0=h0,
                  c0=c0, leak=leak, gate_open=bool(gate_open), dense=dense)
     if dense:
-        h_seq = _reusable("h_seq", (B, T, H), dtype)
-        # one block for what BPTT keeps (reused, like h_seq, once nothing refers to it)
-        c_seq, i_c, f_c, g_c, o_c, tc_c = _reusable("stored", (6, B, T, H), dtype)
-        hT = np.empty((B, H), dtype)
-        cT = np.empty((B, H), dtype)
-        with _SerialBLAS():
-            forward_dense_kernel(x, t, lengths, p["Wx"], p["Wh"], p["b"], p["w_ci"], p["w_cf"],
-                                 p["w_co"], p["tau"], p["s"], p["r_on"], leak, bool(gate_open),
-                                 h0, c0, _num_chunks(B), h_seq, c_seq, i_c, f_c, g_c, o_c,
-                                 tc_c, hT, cT)
+        h_seq, (hT, cT), stored = _forward_dense_run(p, x, t, lengths, h0, c0, leak, gate_open)
         counts = np.repeat(lengths[:, None], H, axis=1).astype(np.int64)
-        cache.update(c_seq=c_seq, i=i_c, f=f_c, g=g_c, o=o_c, tanh_ct=tc_c)
+        cache.update(stored)
     else:  # evaluation: nothing stored; a backward recomputes what it needs
         counts = np.zeros((B, H), np.int64)
         h_seq, (hT, cT) = _forward_sparse_run(p, x, t, lengths, h0, c0, counts, None)
     cache.update(h_seq=h_seq, update_counts=counts, updates=int(counts.sum()))
     return h_seq, (hT, cT), cache
+
+
+_STORED = ("c_seq", "i", "f", "g", "o", "tanh_ct")  # what BPTT keeps besides h
+
+
+def _forward_dense_run(p, x, t, lengths, h0, c0, leak, gate_open):
+    """Run the dense forward kernel; return h_seq, (h_T, c_T) and the dict of the arrays
+    (B, T, H) the backward needs (one block, reused like h_seq once nothing refers to it)."""
+    B, T, _ = x.shape
+    H = h0.shape[1]
+    dtype = h0.dtype
+    h_seq = _reusable("h_seq", (B, T, H), dtype)
+    stored = dict(zip(_STORED, _reusable("stored", (6, B, T, H), dtype)))
+    hT = np.empty((B, H), dtype)
+    cT = np.empty((B, H), dtype)
+    with _SerialBLAS():
+        forward_dense_kernel(x, t, lengths, p["Wx"], p["Wh"], p["b"], p["w_ci"], p["w_cf"],
+                             p["w_co"], p["tau"], p["s"], p["r_on"], leak, bool(gate_open), h0,
+                             c0, _num_chunks(B), h_seq, *(stored[k] for k in _STORED), hT, cT)
+    return h_seq, (hT, cT), stored
 
 
 def _forward_sparse_run(p, x, t, lengths, h0, c0, counts, stored):
@@ -1253,7 +1390,7 @@ def _forward_sparse_run(p, x, t, lengths, h0, c0, counts, stored):
         none = np.empty((0, 0, 0), dtype)
         arrays = (none,) * 6
     else:
-        arrays = tuple(stored[k] for k in ("c_seq", "i", "f", "g", "o", "tanh_ct"))
+        arrays = tuple(stored[k] for k in _STORED)
     kernel = forward_kernel if B > 1 else forward_kernel_serial
     kernel(x, t, lengths, p["bias_table"], np.empty((0, 0), np.int64), p["WxN"], p["WhN"],
            p["WhTp"], p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"],
@@ -1311,6 +1448,14 @@ def stream_forward(prepared, x, t, lengths, h0, c0, counts, gate_open, table=Non
 def layer_backward(dh_seq, dstate, cache):
     """Backpropagation through time for :func:`layer_forward`.
 
+    After a dense forward (``leak > 0`` or ``gate_open``) every neuron's gradients are
+    computed at every step. After a leak-free one (``leak = 0``) the forward is rerun,
+    storing the updated neurons' gate values, and only the updated neurons are visited (a
+    closed neuron passes its gradients back unchanged), unless they are more than
+    ``_SPARSE_BACKWARD`` of all neuron-steps: then the forward is rerun dense and every
+    neuron visited, which is faster. The number of neuron-steps visited is left in
+    ``cache["backward_updates"]``.
+
     Parameters
     ----------
     dh_seq : ndarray (B, T, H)
@@ -1339,32 +1484,47 @@ def layer_backward(dh_seq, dstate, cache):
     dh0, dc0 = np.empty((B, H), dtype), np.empty((B, H), dtype)
     dtau, ds, dr_on = (np.empty((B, H)) for _ in range(3))
     dpeep = np.empty((nchunks, 3, H))
-    dWhN = np.empty((nchunks, H, 4 * H), dtype)
-    dWxN = np.empty((nchunks, D, 4 * H), dtype)
-    dbN = np.empty((nchunks, 4 * H), dtype)
-    gate_open = cache["gate_open"]
-    if not cache["dense"]:  # the evaluation forward stored nothing: recompute, storing
-        p = dict(p, **prepare_params(params, gate_open, sparse=False))
-        cache = dict(cache)
-        # zeros: closed neurons' gate values stay finite
-        stored = np.zeros((6, B, T, H), dtype)
-        for name, array in zip(("c_seq", "i", "f", "g", "o", "tanh_ct"), stored):
-            cache[name] = array
-        _forward_sparse_run(p, x, cache["t"], lengths, h0, cache["c0"],
-                            np.zeros((B, H), np.int64), cache)
     dx = np.empty((B, T, D), dtype)
-    with _SerialBLAS():
-        backward_kernel(dh_seq, dhT, dcT, x, cache["t"], lengths, p["Wx"], p["WhT_gates"],
-                        p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"],
-                        cache["leak"], gate_open, cache["dense"], h0, cache["c0"], h_seq,
-                        cache["c_seq"], cache["i"], cache["f"], cache["g"], cache["o"],
-                        cache["tanh_ct"], nchunks, dx, dh0, dc0, dtau, ds, dr_on, dpeep, dWhN,
-                        dWxN, dbN)
+    gate_open = cache["gate_open"]
+    t, c0, leak = cache["t"], cache["c0"], cache["leak"]
+    stored = cache
+    sparse = not cache["dense"] and cache["updates"] <= _SPARSE_BACKWARD * lengths.sum() * H
+    if sparse:  # the evaluation forward stored nothing: rerun it, storing the updated ones
+        stored = dict(zip(_STORED, _reusable("stored", (6, B, T, H), dtype)))
+        _forward_sparse_run(p, x, t, lengths, h0, c0, np.zeros((B, H), np.int64), stored)
+        dWhT = np.empty((nchunks, 4 * H, p["WhTp"].shape[1]), dtype)
+        dWxN = np.empty((nchunks, D, 4 * H), dtype)
+        dbN = np.empty((nchunks, 4 * H), dtype)
+        visits = np.zeros(B, np.int64)
+        backward_sparse_kernel(dh_seq, dhT, dcT, x, t, lengths, p["WxN"], p["WhTp"], p["w_ci"],
+                               p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"],
+                               p["gate_rows"], h0, c0, h_seq, *(stored[k] for k in _STORED),
+                               nchunks, dx, dh0, dc0, dtau, ds, dr_on, dpeep, dWhT, dWxN, dbN,
+                               visits)
+        cache["backward_updates"] = int(visits.sum())
+        # neuron-major (column 4 n + g is gate g of neuron n) back to gate blocks
+        dWh = dWhT.sum(0)[:, :H].reshape(H, 4, H).transpose(2, 1, 0).reshape(H, 4 * H)
+        dWx = dWxN.sum(0).reshape(D, H, 4).transpose(0, 2, 1).reshape(D, 4 * H)
+        db = dbN.sum(0).reshape(H, 4).T.reshape(4 * H)
+    else:
+        if not cache["dense"]:  # most neurons were updated: rerun the forward dense, storing
+            p = dict(p, **prepare_params(params, gate_open, sparse=False))
+            h_seq, _, stored = _forward_dense_run(p, x, t, lengths, h0, c0, leak, gate_open)
+        dWh = np.empty((nchunks, H, 4 * H), dtype)
+        dWx = np.empty((nchunks, D, 4 * H), dtype)
+        db = np.empty((nchunks, 4 * H), dtype)
+        with _SerialBLAS():
+            backward_kernel(dh_seq, dhT, dcT, x, t, lengths, p["Wx"], p["WhT_gates"],
+                            p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"], leak,
+                            gate_open, h0, c0, h_seq, *(stored[k] for k in _STORED), nchunks,
+                            dx, dh0, dc0, dtau, ds, dr_on, dpeep, dWh, dWx, db)
+        cache["backward_updates"] = int(lengths.sum()) * H
+        dWh, dWx, db = dWh.sum(0), dWx.sum(0), db.sum(0)
     peep = dpeep.sum(0).astype(dtype)
     grads = {
-        "Wx": dWxN.sum(0),
-        "Wh": dWhN.sum(0),
-        "b": dbN.sum(0),
+        "Wx": dWx,
+        "Wh": dWh,
+        "b": db,
         "w_ci": peep[0], "w_cf": peep[1], "w_co": peep[2],
         "x": dx,
         "h0": dh0, "c0": dc0,

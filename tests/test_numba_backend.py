@@ -98,6 +98,22 @@ def test_dense_and_gather_paths_at_larger_width(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("r_on_range, sparse", [((0.02, 0.15), True), ((0.3, 0.9), False)])
+def test_leak_free_backward_visits_only_updates_when_few(dtype, r_on_range, sparse):
+    # after a leak-free forward the backward visits only the updated neurons while they are
+    # at most _SPARSE_BACKWARD of all (H = 70: a padded row, several groups of neurons);
+    # with more it reruns the forward dense and visits every neuron: the same gradients
+    rng = np.random.default_rng(6)
+    for _ in range(2):
+        cache_n, _, (_, _, _, lengths) = compare_layer(rng, dtype, 0.0, False, B=6, T=12, D=2,
+                                                       H=70, r_on_range=r_on_range)
+        all_updates = int(lengths.sum()) * 70
+        assert (cache_n["updates"] <= nb._SPARSE_BACKWARD * all_updates) == sparse
+        expected = cache_n["updates"] if sparse else all_updates
+        assert cache_n["backward_updates"] == expected
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("leak", [1e-3, 0.0])
 def test_vector_loops_with_remainders(dtype, leak):
     # H = 70: the per-neuron loops run full vector iterations and a remainder, and more
@@ -118,6 +134,8 @@ def test_reused_arrays_never_change_what_a_caller_holds():
     x_b = rng.normal(size=x.shape)
     h_b, _, cache_b = nb.layer_forward(params, x_b, t, lengths, h0, c0, 1e-3)
     nb.layer_backward(dh, None, cache_b)
+    _, _, cache_e = nb.layer_forward(params, x_b, t, lengths, h0, c0, 0.0)
+    nb.layer_backward(dh, None, cache_e)  # its rerun forward stores into a reused block
     assert h_b is not h_a and not np.shares_memory(h_b, h_a)
     assert not np.shares_memory(cache_b["i"], cache_a["i"])
     np.testing.assert_array_equal(h_a, kept_h)
@@ -165,6 +183,7 @@ def test_skipping_counts_open_triples():
     open_triples = (k > 0) & valid[:, :, None]
     assert cache_n["updates"] == int(open_triples.sum())
     np.testing.assert_array_equal(cache_n["update_counts"], open_triples.sum(1))
+    assert cache_n["backward_updates"] == cache_n["updates"]  # the backward skips too
     dense = int(lengths.sum()) * H
     assert cache_r["updates"] == dense
     assert cache_n["updates"] < 0.15 * dense
