@@ -268,31 +268,24 @@ def _openness(phi, r_on, two_r, leak):
     """Openness k at phase ``phi`` (as :func:`scalar_math.gate_openness`, with ``two_r`` =
     2 / r_on precomputed: a multiplication instead of a division, within an ulp)."""
     piece = _gate_piece(phi, r_on)
-    if piece == 0:
-        return phi * two_r
-    if piece == 1:
-        return 2.0 - phi * two_r
-    return leak * phi
+    x = phi * two_r
+    k = x if piece == 0 else 2.0 - x  # selects, not branches: the rising and falling
+    return k if piece != 2 else leak * phi  # pieces alternate unpredictably
 
 
 def _dk_dphi(phi, r_on, two_r, leak):
     """``dk/dphi`` on the piece ``phi`` lies on."""
     piece = _gate_piece(phi, r_on)
-    if piece == 0:
-        return two_r
-    if piece == 1:
-        return -two_r
-    return leak
+    d = two_r if piece == 0 else -two_r
+    return d if piece != 2 else leak
 
 
 def _dk_dr_on(phi, r_on, two_r2):
     """``dk/dr_on`` on the piece ``phi`` lies on (``two_r2`` = 2 / r_on**2)."""
     piece = _gate_piece(phi, r_on)
-    if piece == 0:
-        return -phi * two_r2
-    if piece == 1:
-        return phi * two_r2
-    return 0.0
+    x = phi * two_r2
+    d = -x if piece == 0 else x
+    return d if piece != 2 else 0.0
 
 
 _gate_piece = _device(scalar_math.gate_piece)  # the pieces, as the reference defines them
@@ -457,19 +450,24 @@ def _open_neurons(tj, gate_rows, tau, inv_tau, s, r_on, two_r, gate_open, k_out,
                 m += 1
         return m
     groups = gate_rows.shape[1] // 8
+    candidates = 0  # listed in open_idx first
     for g0 in range(0, groups, 8):
         word = np.uint64(0)  # the screen's bits of neurons 8 g0 .. 8 g0 + 63
         for g in range(g0, min(g0 + 8, groups)):
             word |= _maybe_open8(tj, gate_rows, 8 * g) << np.uint64(8 * (g - g0))
         while word != 0:
-            n = 8 * g0 + _lowest_bit(word)
+            open_idx[candidates] = 8 * g0 + _lowest_bit(word)
+            candidates += 1
             word &= word - np.uint64(1)
-            phi = _phase_inline(tj, tau[n], inv_tau[n], s[n])
-            if phi < r_on[n]:
-                phis[n] = phi
-                k_out[n] = _openness(phi, r_on[n], two_r[n], 0.0)
-                open_idx[m] = n
-                m += 1
+    for c in range(candidates):  # exact phases, in a loop of their own: they overlap
+        n = open_idx[c]
+        phis[n] = _phase_inline(tj, tau[n], inv_tau[n], s[n])
+    for c in range(candidates):  # in place: m <= c
+        n = open_idx[c]
+        if phis[n] < r_on[n]:
+            k_out[n] = _openness(phis[n], r_on[n], two_r[n], 0.0)
+            open_idx[m] = n
+            m += 1
     return m
 
 
@@ -1123,7 +1121,10 @@ def to_neuron_major(W):
     """(K, 4H) gate blocks [i, f, g, o] -> (K, 4H) with column ``4 n + g`` (a new array)."""
     K, H4 = W.shape
     H = H4 // 4
-    return np.ascontiguousarray(W.reshape(K, 4, H).transpose(0, 2, 1).reshape(K, H4))
+    out = np.empty((K, H, 4), W.dtype)
+    for g in range(4):  # a block at a time: 3x faster than one copy of a 4-wide transpose
+        out[:, :, g] = W[:, g * H:(g + 1) * H]
+    return out.reshape(K, H4)
 
 
 def prepare_params(params, gate_open, dense=True, sparse=True):
