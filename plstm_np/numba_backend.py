@@ -896,10 +896,10 @@ def _backward(dh_seq, dhT, dcT, x, t, lengths, Wx, WhT, w_ci, w_cf, w_co, tau, s
 
     Per chunk and step, after the cells: two BLAS products, ``dz Wh^T`` (into dh) and
     ``h_{j-1}^T dz`` (into the chunk's dWh), so dz never leaves the cache and is never
-    stored. Writes dx = dz Wx^T (B, T, D), dh0, dc0, the per-sample float64 timing
-    gradients dtau, ds, dr_on (B, H) and, per chunk, the float64 peephole gradients dpeep
-    (nchunks, 3, H) and the weight gradients dWhN (nchunks, H, 4H), dWxN (nchunks, D, 4H),
-    dbN (nchunks, 4H): the caller sums over the chunks.
+    stored. Writes dx = dz Wx^T (B, T, D), dh0, dc0; adds to (zeros from the caller) the
+    per-sample float64 timing gradients dtau, ds, dr_on (B, H) and, per chunk, the float64
+    peephole gradients dpeep (nchunks, 3, H) and the weight gradients dWhN (nchunks, H, 4H),
+    dWxN (nchunks, D, 4H), dbN (nchunks, 4H): the caller sums over the chunks.
     """
     B, T, H = h_seq.shape
     H4 = 4 * H
@@ -928,14 +928,6 @@ def _backward(dh_seq, dhT, dcT, x, t, lengths, Wx, WhT, w_ci, w_cf, w_co, tau, s
         dWh = dWhN[chunk]
         dWx = dWxN[chunk]
         db = dbN[chunk]
-        dWh[:] = 0
-        dWx[:] = 0
-        db[:] = 0
-        dpeep[chunk] = 0.0
-        for b in range(b0, b1):
-            dtau[b] = 0.0
-            ds[b] = 0.0
-            dr_on[b] = 0.0
         for j in range(T - 1, -1, -1):
             dz = dz_ring[filled]
             h_prev = h_ring[filled]
@@ -1014,10 +1006,6 @@ def _backward_sparse(dh_seq, dhT, dcT, x, t, lengths, WxN, WhTp, w_ci, w_cf, w_c
         dWx = dWxN[chunk]
         db = dbN[chunk]
         dw = dpeep[chunk]
-        dWh[:] = 0
-        dWx[:] = 0
-        db[:] = 0
-        dw[:] = 0.0
         k64 = np.empty(H)
         phis = np.empty(H)
         open_idx = np.empty(H, np.int64)
@@ -1029,10 +1017,6 @@ def _backward_sparse(dh_seq, dhT, dcT, x, t, lengths, WxN, WhTp, w_ci, w_cf, w_c
         for b in range(b0, b1):
             _copy(dh, dhT[b])
             dc = dcT[b].copy()
-            for n in range(H):
-                dtau[b, n] = 0.0
-                ds[b, n] = 0.0
-                dr_on[b, n] = 0.0
             m = -1
             for j in range(T - 1, -1, -1):
                 for n in range(H):
@@ -1483,8 +1467,9 @@ def layer_backward(dh_seq, dstate, cache):
     dh_seq = np.ascontiguousarray(dh_seq, dtype)
     nchunks = _num_chunks(B)
     dh0, dc0 = np.empty((B, H), dtype), np.empty((B, H), dtype)
-    dtau, ds, dr_on = (np.empty((B, H)) for _ in range(3))
-    dpeep = np.empty((nchunks, 3, H))
+    # the kernels accumulate into these (zeros)
+    dtau, ds, dr_on = (np.zeros((B, H)) for _ in range(3))
+    dpeep = np.zeros((nchunks, 3, H))
     dx = np.empty((B, T, D), dtype)
     gate_open = cache["gate_open"]
     t, c0, leak = cache["t"], cache["c0"], cache["leak"]
@@ -1493,9 +1478,9 @@ def layer_backward(dh_seq, dstate, cache):
     if sparse:  # the evaluation forward stored nothing: rerun it, storing the updated ones
         stored = dict(zip(_STORED, _reusable("stored", (6, B, T, H), dtype)))
         _forward_sparse_run(p, x, t, lengths, h0, c0, np.zeros((B, H), np.int64), stored)
-        dWhT = np.empty((nchunks, 4 * H, p["WhTp"].shape[1]), dtype)
-        dWxN = np.empty((nchunks, D, 4 * H), dtype)
-        dbN = np.empty((nchunks, 4 * H), dtype)
+        dWhT = np.zeros((nchunks, 4 * H, p["WhTp"].shape[1]), dtype)
+        dWxN = np.zeros((nchunks, D, 4 * H), dtype)
+        dbN = np.zeros((nchunks, 4 * H), dtype)
         visits = np.zeros(B, np.int64)
         backward_sparse_kernel(dh_seq, dhT, dcT, x, t, lengths, p["WxN"], p["WhTp"], p["w_ci"],
                                p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"],
@@ -1511,9 +1496,9 @@ def layer_backward(dh_seq, dstate, cache):
         if not cache["dense"]:  # most neurons were updated: rerun the forward dense, storing
             p = dict(p, **prepare_params(params, gate_open, sparse=False))
             h_seq, _, stored = _forward_dense_run(p, x, t, lengths, h0, c0, leak, gate_open)
-        dWh = np.empty((nchunks, H, 4 * H), dtype)
-        dWx = np.empty((nchunks, D, 4 * H), dtype)
-        db = np.empty((nchunks, 4 * H), dtype)
+        dWh = np.zeros((nchunks, H, 4 * H), dtype)
+        dWx = np.zeros((nchunks, D, 4 * H), dtype)
+        db = np.zeros((nchunks, 4 * H), dtype)
         with _SerialBLAS():
             backward_kernel(dh_seq, dhT, dcT, x, t, lengths, p["Wx"], p["WhT_gates"],
                             p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"], leak,
