@@ -499,12 +499,16 @@ def _sparse_preacts(row0, xj, hp, WxN, WhN, WhTp, open_idx, m, z):
     for p in range(m):  # few open: each open neuron's 4 contiguous gate rows
         n4 = 4 * open_idx[p]
         a0 = a1 = a2 = a3 = hp.dtype.type(0.0)
+        w0 = WhTp[n4]  # row views: a third faster than indexing WhTp[n4 + g, q] in the loop
+        w1 = WhTp[n4 + 1]
+        w2 = WhTp[n4 + 2]
+        w3 = WhTp[n4 + 3]
         for q in range(Hp):  # a multiple of the vector loop's step: no scalar remainder
             hq = hp[q]
-            a0 += hq * WhTp[n4, q]
-            a1 += hq * WhTp[n4 + 1, q]
-            a2 += hq * WhTp[n4 + 2, q]
-            a3 += hq * WhTp[n4 + 3, q]
+            a0 += hq * w0[q]
+            a1 += hq * w1[q]
+            a2 += hq * w2[q]
+            a3 += hq * w3[q]
         a0 += row0[n4]
         a1 += row0[n4 + 1]
         a2 += row0[n4 + 2]
@@ -1070,9 +1074,12 @@ def _backward_sparse(dh_seq, dhT, dcT, x, t, lengths, WxN, WhTp, w_ci, w_cf, w_c
                     d1 = dz[4 * p + 1]
                     d2 = dz[4 * p + 2]
                     d3 = dz[4 * p + 3]
+                    w0 = WhTp[n4]
+                    w1 = WhTp[n4 + 1]
+                    w2 = WhTp[n4 + 2]
+                    w3 = WhTp[n4 + 3]
                     for q in range(Hp):  # dh += dz Wh^T (padded rows: no remainder loop)
-                        dh[q] += (d0 * WhTp[n4, q] + d1 * WhTp[n4 + 1, q]
-                                  + d2 * WhTp[n4 + 2, q] + d3 * WhTp[n4 + 3, q])
+                        dhp[q] += d0 * w0[q] + d1 * w1[q] + d2 * w2[q] + d3 * w3[q]
                     for g in range(4):
                         dzr = dz[4 * p + g]
                         dWh_row = dWh[n4 + g]
