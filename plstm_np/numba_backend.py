@@ -1168,6 +1168,41 @@ def prepare_params(params, gate_open, dense=True, sparse=True):
     return prepared
 
 
+def _layouts(params, gate_open, dense, sparse):
+    """:func:`prepare_params`, reusing the layouts this thread made last time for the same
+    parameter values: a private copy of the parameters they were made from is compared,
+    exactly, with ``params`` (a few us against tens for the re-layout), so parameters
+    changed in place since are never served stale layouts. At most ``_LAYOUTS_KEPT`` are
+    kept; :func:`clear_workspace` drops them."""
+    kept = _workspace.__dict__.setdefault("layouts", {})
+    key = (id(params), bool(gate_open), bool(dense), bool(sparse))
+    entry = kept.pop(key, None)
+    if entry is None or not _same_values(entry[0], params):
+        entry = ({name: np.array(value) for name, value in params.items()},
+                 prepare_params(params, gate_open, dense=dense, sparse=sparse))
+    kept[key] = entry  # the most recent last
+    while len(kept) > _LAYOUTS_KEPT:
+        del kept[next(iter(kept))]
+    return entry[1]
+
+
+_LAYOUTS_KEPT = 8  # a network's layers, in training and in evaluation
+
+
+def _same_values(copy, params):
+    """Whether every array of ``params`` equals its ``copy`` in dtype, shape and values."""
+    if copy.keys() != params.keys():
+        return False
+    for name, value in params.items():
+        value = np.asarray(value)
+        kept = copy[name]
+        if kept.dtype != value.dtype or kept.shape != value.shape:
+            return False
+        if not np.array_equal(kept, value):
+            return False
+    return True
+
+
 def _padded_columns(A, multiple):
     """``A`` (R, K) with zero columns appended up to a multiple of ``multiple`` (a new
     C-contiguous array)."""
@@ -1224,10 +1259,12 @@ def clear_workspace():
     """Drop the arrays this thread keeps for reuse.
 
     The training and evaluation kernels reuse the memory of their large arrays once nothing
-    refers to them (see :func:`_reusable`); this releases what the calling thread keeps
-    (freed once nothing else refers to it). Results never depend on it.
+    refers to them (see :func:`_reusable`), and the weight layouts made for unchanged
+    parameters (see :func:`_layouts`); this releases what the calling thread keeps (freed
+    once nothing else refers to it). Results never depend on it.
     """
     _workspace.__dict__.pop("arrays", None)
+    _workspace.__dict__.pop("layouts", None)
 
 
 def _refcount_in_pool(pool, i):
@@ -1335,7 +1372,7 @@ def layer_forward(params, x, t, lengths, h0, c0, leak, gate_open=False):
     dtype = params["Wh"].dtype
     leak = float(leak)
     dense = bool(gate_open) or leak > 0.0
-    p = prepare_params(params, gate_open, dense=dense, sparse=not dense)
+    p = _layouts(params, gate_open, dense, not dense)
     cache = dict(backend="numba", params=params, prepared=p, x=x, t=t, lengths=lengths, h0=h0,
                  c0=c0, leak=leak, gate_open=bool(gate_open), dense=dense)
     if dense:
@@ -1501,7 +1538,7 @@ def layer_backward(dh_seq, dstate, cache):
         db = dbN.sum(0).reshape(H, 4).T.reshape(4 * H)
     else:
         if not cache["dense"]:  # most neurons were updated: rerun the forward dense, storing
-            p = dict(p, **prepare_params(params, gate_open, sparse=False))
+            p = dict(p, **_layouts(params, gate_open, True, False))
             h_seq, _, stored = _forward_dense_run(p, x, t, lengths, h0, c0, leak, gate_open)
         dWh = np.zeros((nchunks, H, 4 * H), dtype)
         dWx = np.zeros((nchunks, D, 4 * H), dtype)

@@ -158,6 +158,30 @@ def test_arrays_nobody_holds_are_reused():
     np.testing.assert_array_equal(h, first)  # and the results are the same
 
 
+def test_layouts_reused_only_for_unchanged_parameters():
+    # the weight layouts of unchanged parameters are reused; parameters changed in place
+    # (as an optimizer does) get new ones: results always match the reference's
+    rng = np.random.default_rng(14)
+    params, x, t, lengths, h0, c0 = random_layer_problem(rng, np.float64, B=3, T=6, H=5,
+                                                         r_on_range=(0.3, 0.6))
+    nb.clear_workspace()
+    _, _, first = nb.layer_forward(params, x, t, lengths, h0, c0, 0.0)
+    _, _, again = nb.layer_forward(params, x, t, lengths, h0, c0, 0.0)
+    assert again["prepared"] is first["prepared"]
+    for name in ("Wh", "Wx", "b", "w_co", "tau", "s", "r_on"):
+        params[name][(0,) * params[name].ndim] += 0.25  # in place
+        h_n, _, cache = nb.layer_forward(params, x, t, lengths, h0, c0, 0.0)
+        assert cache["prepared"] is not first["prepared"], name
+        h_r, _, _ = reference.layer_forward(params, x, t, lengths, h0, c0, 0.0)
+        assert max_rel_diff(h_n, h_r) <= RTOL[np.float64], name
+    others = [{k: v.copy() for k, v in params.items()} for _ in range(nb._LAYOUTS_KEPT + 3)]
+    for other in others:  # bounded
+        nb.layer_forward(other, x, t, lengths, h0, c0, 0.0)
+    assert len(nb._workspace.layouts) == nb._LAYOUTS_KEPT
+    nb.clear_workspace()
+    assert "layouts" not in nb._workspace.__dict__
+
+
 def test_workspace_keeps_no_large_arrays(monkeypatch):
     monkeypatch.setattr(nb, "_POOL_MAX_BYTES", 1000)
     nb.clear_workspace()
