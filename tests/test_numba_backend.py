@@ -8,7 +8,7 @@ import pytest
 
 import plstm_np as pl
 from plstm_np import config, reference
-from plstm_np.time_gate import phase, time_gate
+from plstm_np.time_gate import phase
 
 from conftest import make_batch, make_network
 
@@ -195,37 +195,39 @@ def test_workspace_keeps_no_large_arrays(monkeypatch):
     assert "arrays" not in nb._workspace.__dict__
 
 
+def open_triples_of(params, t, lengths):
+    """(B, T, H) bool: the valid (sample, step, neuron) triples whose phase is on the open
+    pieces, 0 <= phi < r_on, computed from the time gate's phase alone."""
+    valid = np.arange(t.shape[1])[None, :] < lengths[:, None]
+    phi = phase(np.where(valid, t, 0.0)[:, :, None], params["tau"], params["s"])
+    phi = np.where(phi >= 1.0, 0.0, phi)  # a remainder that rounds up to tau: phase 0
+    return (phi < params["r_on"]) & valid[:, :, None]
+
+
+def assert_updates_are_the_open_triples(params, x, t, lengths, h0, c0):
+    """The sparse kernel updates exactly the open triples, and its outputs are the
+    reference's."""
+    h_r, (hT_r, cT_r), _ = reference.layer_forward(params, x, t, lengths, h0, c0, 0.0)
+    h_n, (hT_n, cT_n), cache_n = nb.layer_forward(params, x, t, lengths, h0, c0, 0.0)
+    open_triples = open_triples_of(params, t, lengths)
+    np.testing.assert_array_equal(cache_n["update_counts"], open_triples.sum(1))
+    for a, e in ((h_n, h_r), (hT_n, hT_r), (cT_n, cT_r)):
+        assert max_rel_diff(a, e) <= RTOL[np.float64]
+    return open_triples
+
+
 def test_skipping_counts_open_triples():
     rng = np.random.default_rng(11)
     B, T, H = 6, 60, 48
     cache_n, cache_r, (params, x, t, lengths) = compare_layer(
         rng, np.float64, 0.0, False, B=B, T=T, H=H, r_on_range=(0.05, 0.05), t_max=200.0)
-    # Count the open (sample, step, neuron) triples from the time gate alone.
-    valid = np.arange(T)[None, :] < lengths[:, None]
-    k = time_gate(np.where(valid, t, 0.0)[:, :, None], params["tau"], params["s"],
-                  params["r_on"], 0.0)
-    open_triples = (k > 0) & valid[:, :, None]
+    open_triples = open_triples_of(params, t, lengths)
     assert cache_n["updates"] == int(open_triples.sum())
     np.testing.assert_array_equal(cache_n["update_counts"], open_triples.sum(1))
     assert cache_n["backward_updates"] == cache_n["updates"]  # the backward skips too
     dense = int(lengths.sum()) * H
     assert cache_r["updates"] == dense
     assert cache_n["updates"] < 0.15 * dense
-
-
-def assert_updates_are_the_open_triples(params, x, t, lengths, h0, c0):
-    """The sparse kernel updates exactly the (sample, step, neuron) triples whose phase is
-    on the open pieces, 0 <= phi < r_on, and its outputs are the reference's."""
-    h_r, (hT_r, cT_r), _ = reference.layer_forward(params, x, t, lengths, h0, c0, 0.0)
-    h_n, (hT_n, cT_n), cache_n = nb.layer_forward(params, x, t, lengths, h0, c0, 0.0)
-    valid = np.arange(t.shape[1])[None, :] < lengths[:, None]
-    phi = phase(np.where(valid, t, 0.0)[:, :, None], params["tau"], params["s"])
-    phi = np.where(phi >= 1.0, 0.0, phi)  # a remainder that rounds up to tau: phase 0
-    open_triples = (phi < params["r_on"]) & valid[:, :, None]
-    np.testing.assert_array_equal(cache_n["update_counts"], open_triples.sum(1))
-    for a, e in ((h_n, h_r), (hT_n, hT_r), (cT_n, cT_r)):
-        assert max_rel_diff(a, e) <= RTOL[np.float64]
-    return open_triples
 
 
 def test_screen_keeps_neurons_at_the_edges_of_their_open_phase():
