@@ -294,6 +294,15 @@ _dk_dphi = _device(_dk_dphi)
 _dk_dr_on = _device(_dk_dr_on)
 
 
+def _dk_dtau_ds(dk_dphi, tj, s, inv_tau):
+    """``dk/dtau`` and ``dk/ds`` from ``dk/dphi``: with ``phi = ((t - s) mod tau) / tau``,
+    ``dphi/dtau = -(t - s) / tau**2`` and ``dphi/ds = -1 / tau`` (``inv_tau`` = 1 / tau)."""
+    return dk_dphi * (-(tj - s) * (inv_tau * inv_tau)), -dk_dphi * inv_tau
+
+
+_dk_dtau_ds = _device(_dk_dtau_ds)
+
+
 def _gate_constants(tau, r_on):
     """Per-neuron reciprocals the gate loops multiply by: 1 / tau, 2 / r_on, 2 / r_on**2."""
     two_r = 2.0 / r_on
@@ -616,7 +625,7 @@ def _forward_sparse(x, t, lengths, table, tokens, WxN, WhN, WhTp, w_ci, w_cf, w_
     for b in prange(B):
         hp = np.zeros(WhTp.shape[1], h0.dtype)  # h, zero-padded for the dot products
         h = hp[:H]
-        h[:] = h0[b]
+        _copy(h, h0[b])
         c = c0[b].copy()
         buf = np.empty(_SLOTS * _LANES, h0.dtype)
         y = np.zeros(C)
@@ -805,11 +814,12 @@ def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, two_r2, leak, phis, k, gta
         phis[n] = _phase_inline(tj, tau[n], inv_tau[n], s[n])
     for n in range(H):
         k[n] = _openness(phis[n], r_on[n], two_r[n], leak)
+    for n in range(H):  # each loop keeps one of the two derivatives (inlined)
+        gtau[n] = _dk_dtau_ds(_dk_dphi(phis[n], r_on[n], two_r[n], leak), tj, s[n],
+                              inv_tau[n])[0]
     for n in range(H):
-        dk_dphi = _dk_dphi(phis[n], r_on[n], two_r[n], leak)
-        gtau[n] = dk_dphi * (-(tj - s[n]) * (inv_tau[n] * inv_tau[n]))
-    for n in range(H):
-        gs[n] = -_dk_dphi(phis[n], r_on[n], two_r[n], leak) * inv_tau[n]
+        gs[n] = _dk_dtau_ds(_dk_dphi(phis[n], r_on[n], two_r[n], leak), tj, s[n],
+                            inv_tau[n])[1]
     for n in range(H):
         gr[n] = _dk_dr_on(phis[n], r_on[n], two_r2[n])
 
@@ -995,10 +1005,10 @@ def _backward_sparse(dh_seq, dhT, dcT, x, t, lengths, WxN, WhTp, w_ci, w_cf, w_c
     each gets the scalar cell gradients of :func:`_cell_grads_row`, then its four
     pre-activation gradients dz are spread by rows: ``dz WhTp[4 n + g]`` into dh,
     ``dz h_{j-1}`` into row ``4 n + g`` of the chunk's ``dWhT`` (4H, Hp) (neuron-major, Wh's
-    columns as rows, padded like ``WhTp``), ``dz x_j`` into ``dWxN`` (D, 4H) and ``dbN`` (4H,) (neuron-major).
-    The stored gate values (``i_c`` ...) are read at the updated neurons only. ``visits``
-    (B,) int64 gets the number of neuron-steps visited. Other outputs as in
-    :func:`_backward`.
+    columns as rows, padded like ``WhTp``), ``dz x_j`` into ``dWxN`` (D, 4H) and ``dbN``
+    (4H,) (neuron-major). The stored gate values (``i_c`` ...) are read at the updated
+    neurons only. ``visits`` (B,) int64 gets the number of neuron-steps visited. Other
+    outputs as in :func:`_backward`.
     """
     B, T, H = h_seq.shape
     D = dx.shape[2]
@@ -1049,9 +1059,10 @@ def _backward_sparse(dh_seq, dhT, dcT, x, t, lengths, WxN, WhTp, w_ci, w_cf, w_c
                     ct = ff * cpn + ii * gg
                     dk = dcn * (ct - cpn) + dhn * (oo * tc - hp[n])
                     phi = phis[n]
-                    dk_dphi = _dk_dphi(phi, r_on[n], two_r[n], 0.0)
-                    dtau[b, n] += dk * (dk_dphi * (-(tj - s[n]) * (inv_tau[n] * inv_tau[n])))
-                    ds[b, n] += dk * (-dk_dphi * inv_tau[n])
+                    dk_dtau, dk_ds = _dk_dtau_ds(_dk_dphi(phi, r_on[n], two_r[n], 0.0), tj,
+                                                 s[n], inv_tau[n])
+                    dtau[b, n] += dk * dk_dtau
+                    ds[b, n] += dk * dk_ds
                     dr_on[b, n] += dk * _dk_dr_on(phi, r_on[n], two_r2[n])
                     dz_o = dhn * k * tc * oo * (one - oo)
                     dct = dcn * k + dhn * k * oo * (one - tc * tc) + dz_o * w_co[n]
@@ -1118,6 +1129,13 @@ def to_neuron_major(W):
     return out.reshape(K, H4)
 
 
+def _from_neuron_major(W):
+    """The inverse of :func:`to_neuron_major`: (K, 4H) with column ``4 n + g`` -> gate
+    blocks [i, f, g, o] (a new array)."""
+    K, H4 = W.shape
+    return np.ascontiguousarray(W.reshape(K, H4 // 4, 4).transpose(0, 2, 1).reshape(K, H4))
+
+
 def prepare_params(params, gate_open, dense=True, sparse=True):
     """The kernels' view of a layer's parameters.
 
@@ -1150,7 +1168,7 @@ def prepare_params(params, gate_open, dense=True, sparse=True):
                         b=np.ascontiguousarray(b), WhT_gates=np.ascontiguousarray(Wh.T))
     if sparse:  # neuron-major
         WhN = to_neuron_major(Wh)
-        bN = np.ascontiguousarray(b.reshape(4, H).T.reshape(4 * H))
+        bN = to_neuron_major(b[None, :])[0]
         prepared.update(WxN=to_neuron_major(Wx), WhN=WhN,
                         WhTp=_padded_columns(WhN.T, _DOT_PAD), bN=bN,
                         bias_table=bN[None, :].copy())
@@ -1410,21 +1428,9 @@ def _forward_sparse_run(p, x, t, lengths, h0, c0, counts, stored):
     """Run the sparse forward kernel; ``stored``: None, or the dict of arrays (B, T, H) to
     fill with what the backward needs."""
     B, T, _ = x.shape
-    H = h0.shape[1]
-    dtype = h0.dtype
-    h_seq = _reusable("h_seq", (B, T, H), dtype)
-    hT = np.empty((B, H), dtype)
-    cT = np.empty((B, H), dtype)
-    if stored is None:
-        none = np.empty((0, 0, 0), dtype)
-        arrays = (none,) * 6
-    else:
-        arrays = tuple(stored[k] for k in _STORED)
-    kernel = forward_kernel if B > 1 else forward_kernel_serial
-    kernel(x, t, lengths, p["bias_table"], np.empty((0, 0), np.int64), p["WxN"], p["WhN"],
-           p["WhTp"], p["w_ci"], p["w_cf"], p["w_co"], p["tau"], p["s"], p["r_on"],
-           p["gate_rows"], p["gate_open"], h0, c0, h_seq, hT, cT, stored is not None, *arrays,
-           counts, np.empty((0, 0)), np.empty(0), np.empty((0, 0, 0), dtype))
+    h_seq = _reusable("h_seq", (B, T, h0.shape[1]), h0.dtype)
+    hT, cT, _ = _sparse_kernel_call(p, x, t, lengths, h0, c0, counts, p["gate_open"], h_seq,
+                                    stored=stored)
     return h_seq, (hT, cT)
 
 
@@ -1449,29 +1455,41 @@ def stream_forward(prepared, x, t, lengths, h0, c0, counts, gate_open, table=Non
     """
     ensure_available()
     B, T, _ = x.shape
+    # with a read-out, the hidden states of every step are not needed (nor written)
+    h_seq = np.empty((B, T, h0.shape[1]) if readout is None else (0, 0, 0), h0.dtype)
+    hT, cT, y_seq = _sparse_kernel_call(prepared, x, t, lengths, h0, c0, counts, gate_open,
+                                        h_seq, table=table, tokens=tokens, readout=readout)
+    if readout is None:
+        return h_seq, hT, cT
+    return h_seq, hT, cT, y_seq
+
+
+def _sparse_kernel_call(p, x, t, lengths, h0, c0, counts, gate_open, h_seq, stored=None,
+                        table=None, tokens=None, readout=None):
+    """Call the sparse forward kernel (serial for one sample), with empty arrays standing
+    for what is not asked: ``stored`` (the dict of arrays the backward needs), ``table`` and
+    ``tokens`` (else the bias), ``readout`` (W, b). Return h_T, c_T and the read-outs
+    (None without ``readout``)."""
+    B, T, _ = x.shape
     H = h0.shape[1]
     dtype = h0.dtype
-    # with a read-out, the hidden states of every step are not needed (nor written)
-    h_seq = np.empty((B, T, H) if readout is None else (0, 0, 0), dtype)
     hT = np.empty((B, H), dtype)
     cT = np.empty((B, H), dtype)
     none = np.empty((0, 0, 0), dtype)
-    p = prepared
+    arrays = (none,) * 6 if stored is None else tuple(stored[k] for k in _STORED)
     if table is None:
         table, tokens = p["bias_table"], np.empty((0, 0), np.int64)
-    kernel = forward_kernel if B > 1 else forward_kernel_serial
     if readout is None:
-        rW, rb, y_seq = np.empty((0, 0)), np.empty(0), np.empty((0, 0, 0), dtype)
+        rW, rb, y_seq = np.empty((0, 0)), np.empty(0), none
     else:
         rW = np.ascontiguousarray(readout[0], dtype=np.float64)
         rb = np.ascontiguousarray(readout[1], dtype=np.float64)
         y_seq = np.empty((B, T, rW.shape[1]), dtype)
+    kernel = forward_kernel if B > 1 else forward_kernel_serial
     kernel(x, t, lengths, table, tokens, p["WxN"], p["WhN"], p["WhTp"], p["w_ci"], p["w_cf"],
            p["w_co"], p["tau"], p["s"], p["r_on"], p["gate_rows"], bool(gate_open), h0, c0,
-           h_seq, hT, cT, False, none, none, none, none, none, none, counts, rW, rb, y_seq)
-    if readout is None:
-        return h_seq, hT, cT
-    return h_seq, hT, cT, y_seq
+           h_seq, hT, cT, stored is not None, *arrays, counts, rW, rb, y_seq)
+    return hT, cT, (None if readout is None else y_seq)
 
 
 def layer_backward(dh_seq, dstate, cache):
@@ -1532,10 +1550,9 @@ def layer_backward(dh_seq, dstate, cache):
                                nchunks, dx, dh0, dc0, dtau, ds, dr_on, dpeep, dWhT, dWxN, dbN,
                                visits)
         cache["backward_updates"] = int(visits.sum())
-        # neuron-major (column 4 n + g is gate g of neuron n) back to gate blocks
-        dWh = dWhT.sum(0)[:, :H].reshape(H, 4, H).transpose(2, 1, 0).reshape(H, 4 * H)
-        dWx = dWxN.sum(0).reshape(D, H, 4).transpose(0, 2, 1).reshape(D, 4 * H)
-        db = dbN.sum(0).reshape(H, 4).T.reshape(4 * H)
+        dWh = _from_neuron_major(dWhT.sum(0)[:, :H].T)  # rows of dWhT: columns of dWh
+        dWx = _from_neuron_major(dWxN.sum(0))
+        db = _from_neuron_major(dbN.sum(0)[None, :])[0]
     else:
         if not cache["dense"]:  # most neurons were updated: rerun the forward dense, storing
             p = dict(p, **_layouts(params, gate_open, True, False))

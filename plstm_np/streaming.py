@@ -4,9 +4,8 @@ An event camera or a multi-rate sensor pipeline does not have the whole recordin
 delivers events one at a time or in packets. :class:`Stream` keeps, for every stream of a
 batch of independent streams, the state ``(h, c)`` of every layer, the time of the last
 event and the update counts, and evaluates the network (``alpha = 0``, closed neurons
-skipped) on each packet. Pushing a recording in pieces gives
-the same outputs as :meth:`plstm_np.Network.forward` with ``training=False`` run on the
-whole recording::
+skipped) on each packet. Pushing a recording in pieces gives the same outputs as
+:meth:`plstm_np.Network.forward` with ``training=False`` run on the whole recording::
 
     stream = Stream(net)                     # batch=1
     for x_event, t_event in sensor_events():
@@ -80,8 +79,9 @@ class Stream:
     # ------------------------------------------------------------------ state
     def refresh(self):
         """Take a fresh snapshot of the model's parameters (after training it further)."""
-        self._prepared = [numba_backend.prepare_params(layer.params, layer.gate_open, dense=False)
-                          for layer in self.layers]
+        self._prepared = [
+            numba_backend.prepare_params(layer.params, layer.gate_open, dense=False)
+            for layer in self.layers]
         self._table = None
         if self.network is not None:
             readout = self.network.readout.params  # float64: the kernel accumulates in it

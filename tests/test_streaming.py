@@ -110,7 +110,7 @@ def test_bare_layer_stream_and_lstm():
 @pytest.mark.parametrize("lstm", [False, True])
 def test_long_packets_incremental_readout(lstm):
     # packets much longer than the kernel's period of exact read-out recomputation (and,
-    # for the Phased LSTM, small r_on: most steps skip the scan of the closed neurons); the
+    # for the Phased LSTM, small r_on: few neurons pass the gate screen at each event); the
     # LSTM network updates every neuron at every event
     rng = np.random.default_rng(6)
     net = make_network(rng, readout_at="every", lstm=lstm)
