@@ -158,6 +158,17 @@ def test_arrays_nobody_holds_are_reused():
     np.testing.assert_array_equal(h, first)  # and the results are the same
 
 
+def test_neuron_major_layout_and_its_inverse():
+    # column 4 n + g of the neuron-major layout is gate g of neuron n; the inverse undoes it
+    K, H = 3, 5
+    W = np.arange(K * 4 * H, dtype=np.float64).reshape(K, 4 * H)
+    WN = nb.to_neuron_major(W)
+    for n in range(H):
+        for g in range(4):
+            np.testing.assert_array_equal(WN[:, 4 * n + g], W[:, g * H + n])
+    np.testing.assert_array_equal(nb._from_neuron_major(WN), W)
+
+
 def test_layouts_reused_only_for_unchanged_parameters():
     # the weight layouts of unchanged parameters are reused; parameters changed in place
     # (as an optimizer does) get new ones: results always match the reference's
