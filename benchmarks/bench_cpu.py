@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import plstm_np as pl
-from plstm_np import numba_backend
+from plstm_np.backends import numba as numba_backend
 from plstm_np.optim import Adam
 from plstm_np.streaming import Stream
 

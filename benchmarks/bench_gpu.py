@@ -181,7 +181,7 @@ def main(argv=None):
 
     import plstm_np as pl
     from plstm_np import config
-    from plstm_np.cuda_training import CudaStreamer, CudaTrainer
+    from plstm_np.backends.cuda.training import CudaStreamer, CudaTrainer
 
     try:
         cb = pl.get_backend("cuda")

@@ -25,7 +25,8 @@ from .time_gate import kink_distance, phase, time_gate, time_gate_with_grads
 
 __version__ = "0.1.0"
 
-_LAZY = {"CudaTrainer": "cuda_training", "CudaStreamer": "cuda_training", "Stream": "streaming"}
+_LAZY = {"CudaTrainer": "backends.cuda.training", "CudaStreamer": "backends.cuda.training",
+         "Stream": "streaming"}
 
 
 def __getattr__(name):

@@ -27,6 +27,9 @@ before the first call of a backend.
   product (blocks of CUDA_TILE x CUDA_TILE threads).
 - ``CUDA_GEMM_TARGET_BLOCKS`` (``PLSTM_NP_CUDA_GEMM_BLOCKS``, default 1024): about how many
   blocks that product is split into over the (sample, step) rows.
+- ``CUDA_LAUNCH``: the block shapes of the small GPU kernels (element-wise copies, the
+  transposed weights, reductions, the read-out, the loss, Adam), by kernel name; a
+  shape's first entry runs over the first grid axis.
 """
 import os
 
@@ -53,3 +56,14 @@ CUDA_THREADS_PER_BLOCK = _int("PLSTM_NP_CUDA_TPB", 128)
 CUDA_STREAM_THREADS_PER_BLOCK = _int("PLSTM_NP_CUDA_STREAM_TPB", 32)
 CUDA_TILE = _int("PLSTM_NP_CUDA_TILE", 16)
 CUDA_GEMM_TARGET_BLOCKS = _int("PLSTM_NP_CUDA_GEMM_BLOCKS", 1024)
+CUDA_LAUNCH = {
+    "transpose_cat": (16, 16),  # (4H gate columns, D + H inputs)
+    "reduce_part": (8, 32),  # (6 per-neuron gradient rows, H)
+    "dx": (64, 2),  # (B * T rows, D inputs)
+    "append_time": (64, 2),  # (B * T rows, D + 1 features)
+    "last_state": (16, 16),  # (B, H)
+    "readout": (32, 4),  # (B, C)
+    "dense_grad": (16, 4),  # (H + 1, C)
+    "cross_entropy": 64,  # B
+    "adam": 128,  # parameter entries
+}

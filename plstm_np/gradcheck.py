@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .validation import as_rng
+from .time_gate import kink_distance
+from .validation import as_rng, check_sequence_inputs, valid_steps
 
 __all__ = ["GradCheckReport", "relative_error", "numerical_gradient", "check_gradients"]
 
@@ -136,9 +137,6 @@ def check_gradients(model, batch, *, names=None, eps=1e-4, training=True, rng=0)
 
 
 def _layer_problem(layer, batch, training, rng):
-    from .time_gate import kink_distance
-    from .validation import check_sequence_inputs
-
     x, t, *rest = batch
     lengths = rest[0] if rest else None
     x, t, lengths = check_sequence_inputs(x, t, lengths, input_size=layer.input_size,
@@ -157,7 +155,7 @@ def _layer_problem(layer, batch, training, rng):
     arrays = dict(layer.params, x=x, h0=h0, c0=c0)
     kink = np.inf
     if not layer.gate_open:
-        valid = np.arange(T)[None, :] < lengths[:, None]
+        valid = valid_steps(lengths, T)
         p = layer.params
         d = kink_distance(t[valid][:, None], p["tau"], p["s"], p["r_on"])
         kink = float(d.min()) if d.size else np.inf

@@ -5,26 +5,33 @@ pickle: ``param/<name>`` arrays, ``adam_m/<name>`` and ``adam_v/<name>`` moments
 optimizer was saved, and ``__meta__``, UTF-8 JSON bytes describing the architecture, every
 array's shape and dtype, the optimizer's hyper-parameters and the user's metadata.
 
-Saving writes a temporary file next to the target and renames it, so a crash never leaves a
-half-written checkpoint, and an existing file is only replaced with ``overwrite=True``.
+Saving writes a temporary file next to the target and renames it
+(:func:`plstm_np.files.atomic_write`), so a crash never leaves a half-written checkpoint, and
+an existing file is only replaced with ``overwrite=True``.
+
+This module sits above :mod:`plstm_np.network`: loading rebuilds a
+:class:`~plstm_np.Network`, so it imports the network's classes. The writer is
+:meth:`plstm_np.Network.save` (the network cannot import this module back without a cycle);
+:func:`save` checks its argument and calls it, and :data:`FORMAT` and :data:`FORMAT_VERSION`
+are the network module's :data:`~plstm_np.network.CHECKPOINT_FORMAT` and
+:data:`~plstm_np.network.CHECKPOINT_VERSION`.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from .layers import LSTM, PhasedLSTM
-from .network import Dense, Embedding, Network
+from .network import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Dense, Embedding, Network
 from .optim import Adam
 
 __all__ = ["save", "load", "load_checkpoint", "FORMAT", "FORMAT_VERSION"]
 
-FORMAT = "plstm_np.network"
-FORMAT_VERSION = 1
+FORMAT = CHECKPOINT_FORMAT
+FORMAT_VERSION = CHECKPOINT_VERSION
 _KINDS = {"PhasedLSTM": PhasedLSTM, "LSTM": LSTM, "Dense": Dense, "Embedding": Embedding}
 
 
@@ -42,42 +49,16 @@ def save(path, net, *, optimizer=None, metadata=None, overwrite=False):
         JSON-serialisable information (epoch, accuracy, command line...).
     overwrite : bool
         Replace an existing file; by default an existing file raises FileExistsError.
+
+    Notes
+    -----
+    The same as ``net.save(path, optimizer=..., metadata=..., overwrite=...)``
+    (:meth:`plstm_np.Network.save`, which writes the file).
     """
     path = os.fspath(path)
     if not isinstance(net, Network):
         raise TypeError(f"net must be a Network, got {type(net).__name__}")
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    params = net.params
-    arrays = {f"param/{name}": value for name, value in params.items()}
-    meta = {
-        "format": FORMAT, "version": FORMAT_VERSION, "network": net.config(),
-        "arrays": {name: {"shape": list(v.shape), "dtype": v.dtype.name} for name, v in params.items()},
-        "optimizer": None, "metadata": metadata or {},
-    }
-    if optimizer is not None:
-        state = optimizer.state_dict()
-        if set(state["m"]) != set(params):
-            raise ValueError("optimizer does not hold this network's parameters")
-        for name in params:
-            arrays[f"adam_m/{name}"], arrays[f"adam_v/{name}"] = state["m"][name], state["v"][name]
-        meta["optimizer"] = {k: state[k] for k in ("lr", "beta1", "beta2", "eps", "step_count")}
-        meta["optimizer"].update(kind="Adam", frozen=sorted(optimizer.frozen),
-                                 bounds={k: list(v) for k, v in optimizer.bounds.items()})
-    try:
-        meta_bytes = json.dumps(meta, allow_nan=True).encode("utf-8")
-    except TypeError as err:
-        raise TypeError(f"metadata must be JSON-serialisable: {err}") from err
-    arrays["__meta__"] = np.frombuffer(meta_bytes, dtype=np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".plstm_np-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    net.save(path, optimizer=optimizer, metadata=metadata, overwrite=overwrite)
 
 
 def _read(path):

@@ -15,6 +15,7 @@ import numbers
 import numpy as np
 
 from .backends import check_backend, get_backend
+from .optim import R_ON_MIN, TAU_MIN
 from .validation import (as_rng, check_dtype, check_positive_int, check_sequence_inputs,
                          check_state)
 
@@ -87,7 +88,7 @@ class PhasedLSTM:
 
     def __init__(self, input_size, hidden_size, *, tau_exp_range=(0.0, 3.0), tau=None, s=None,
                  r_on=0.05, leak=1e-3, learn_tau=True, learn_s=True, learn_r_on=False,
-                 tau_min=1e-3, r_on_min=1e-3, init_std=0.1, dtype=np.float64, backend="numpy",
+                 tau_min=TAU_MIN, r_on_min=R_ON_MIN, init_std=0.1, dtype=np.float64, backend="numpy",
                  rng=None):
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = H = check_positive_int(hidden_size, "hidden_size")
@@ -135,8 +136,20 @@ class PhasedLSTM:
         }
 
     # ------------------------------------------------------------------ running
-    def _features(self, x, t):
-        """The input the gates see (the LSTM baseline appends the timestamp)."""
+    def gate_inputs(self, x, t):
+        """The input the gates see: ``x`` itself (the LSTM baseline appends the timestamp).
+
+        Parameters
+        ----------
+        x : ndarray (B, T, input_size)
+        t : ndarray (B, T) float64
+
+        Returns
+        -------
+        ndarray (B, T, D)
+            What multiplies ``Wx``: ``D`` is ``Wx.shape[0]`` (``input_size``, or
+            ``input_size + 1`` for an :class:`LSTM` with ``time_input``).
+        """
         return x
 
     def forward(self, x, t, lengths=None, state=None, training=True):
@@ -164,13 +177,32 @@ class PhasedLSTM:
         x, t, lengths = check_sequence_inputs(x, t, lengths, input_size=self.input_size,
                                               dtype=self.dtype)
         h0, c0 = check_state(state, x.shape[0], self.hidden_size, self.dtype)
-        return self._forward(x, t, lengths, h0, c0, training)
+        return self.forward_validated(x, t, lengths, h0, c0, training)
 
-    def _forward(self, x, t, lengths, h0, c0, training):
-        """:meth:`forward` on validated inputs (used by :class:`plstm_np.Network`)."""
+    def forward_validated(self, x, t, lengths, h0, c0, training=True):
+        """:meth:`forward` on inputs that were validated already, e.g. by a network.
+
+        :class:`plstm_np.Network` checks its inputs once and runs every layer through this
+        method, so that the layers do not check them again.
+
+        Parameters
+        ----------
+        x : ndarray (B, T, input_size) of the layer's dtype
+        t : ndarray (B, T) float64
+        lengths : ndarray (B,) of ints
+            Every argument as :func:`plstm_np.validation.check_sequence_inputs` returns it.
+        h0, c0 : ndarray (B, H) of the layer's dtype
+            As :func:`plstm_np.validation.check_state` returns them.
+        training : bool
+
+        Returns
+        -------
+        h, state, cache
+            As :meth:`forward`.
+        """
         backend = get_backend(self.backend)
         leak = self.leak if training else 0.0
-        return backend.layer_forward(self.params, self._features(x, t), t, lengths, h0, c0,
+        return backend.layer_forward(self.params, self.gate_inputs(x, t), t, lengths, h0, c0,
                                      leak, self.gate_open)
 
     def backward(self, dh, cache, dstate=None):
@@ -234,7 +266,6 @@ class LSTM(PhasedLSTM):
                  init_std=0.1, dtype=np.float64, backend="numpy", rng=None):
         self.time_input = bool(time_input)
         self.time_scale = float(time_scale)
-        self.gate_input_size = input_size + int(self.time_input)
         super().__init__(input_size, hidden_size, leak=0.0, init_std=init_std, dtype=dtype,
                          backend=backend, rng=rng)
 
@@ -245,7 +276,8 @@ class LSTM(PhasedLSTM):
             params["Wx"] = np.concatenate([params["Wx"], extra])
         return params
 
-    def _features(self, x, t):
+    def gate_inputs(self, x, t):
+        """``x`` with ``t * time_scale`` appended as a last feature (when ``time_input``)."""
         if not self.time_input:
             return x
         feature = (t * self.time_scale).astype(self.dtype)[:, :, None]

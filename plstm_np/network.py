@@ -5,20 +5,39 @@ layer's hidden state either at each sequence's last valid step (classification o
 sequence) or at every step. Parameters are exposed as one flat dict whose keys are
 ``"layer{i}.<name>"``, ``"readout.W"``, ``"readout.b"`` and ``"embedding.E"``; its arrays are
 the components' own, so an optimizer updating them in place updates the network.
+
+Where this module sits: it imports the layers, :mod:`plstm_np.streaming` (for
+:meth:`Network.stream`) and :mod:`plstm_np.files`, and none of them imports it back
+(:class:`~plstm_np.Stream` only relies on a network's public attributes). :meth:`Network.save`
+writes the checkpoint archive itself, so that this module never imports
+:mod:`plstm_np.io`, which sits above it: ``io`` describes the format, reads it back
+(:func:`plstm_np.load_checkpoint` needs this module's classes) and its :func:`plstm_np.save`
+calls :meth:`Network.save`. The format's name and version, :data:`CHECKPOINT_FORMAT` and
+:data:`CHECKPOINT_VERSION`, are defined here, next to the writer, and ``io`` re-exports them.
 """
 from __future__ import annotations
+
+import json
+import os
 
 import numpy as np
 
 from .backends import check_backend
+from .files import atomic_write, refuse_existing
 from .layers import PhasedLSTM
 from .losses import LOSSES
+from .streaming import Stream
 from .time_gate import kink_distance
 from .validation import (as_rng, check_array, check_dtype, check_finite, check_lengths,
                          check_positive_int, check_sequence_inputs, check_state,
-                         check_timestamps)
+                         check_timestamps, valid_steps)
 
-__all__ = ["Dense", "Embedding", "Network"]
+__all__ = ["Dense", "Embedding", "Network", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
+
+#: ``"format"`` entry of a checkpoint's metadata (see :mod:`plstm_np.io`).
+CHECKPOINT_FORMAT = "plstm_np.network"
+#: ``"version"`` entry of a checkpoint's metadata: the layout :meth:`Network.save` writes.
+CHECKPOINT_VERSION = 1
 
 
 class Dense:
@@ -216,7 +235,34 @@ class Network:
                       for _ in range(2)) for layer in self.layers]
 
     # ------------------------------------------------------------------ running
-    def _check_inputs(self, x, t, lengths, tokens):
+    def check_inputs(self, x, t, lengths, tokens):
+        """Validate the inputs of a batch of sequences, as :meth:`forward` does.
+
+        Parameters
+        ----------
+        x : ndarray (B, T, n_features) or None
+            Input features (must be None when the network takes none).
+        t : ndarray (B, T) float64
+        lengths : int ndarray (B,) or None
+            Valid steps per sequence (all ``T`` when None).
+        tokens : int ndarray (B, T) or None
+            Event addresses; required exactly when the network has an embedding.
+
+        Returns
+        -------
+        x : ndarray (B, T, n_features) of the network's dtype, or None
+        t : ndarray (B, T) float64
+        lengths : int ndarray (B,)
+        tokens : int ndarray (B, T) or None
+            Padding steps (beyond ``lengths``) set to 0.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For a missing or superfluous input, a wrong shape or dtype, non-finite valid
+            values, a token outside ``[0, num_embeddings)``, or an empty sequence when the
+            read-out is at the last valid step.
+        """
         if self.embedding is None and tokens is not None:
             raise ValueError("tokens given but the network has no embedding")
         if self.embedding is not None and tokens is None:
@@ -227,7 +273,7 @@ class Network:
             B, T = np.shape(tokens)[:2] if tokens is not None else np.shape(t)
             t = check_timestamps(t, B, T)
             lengths = check_lengths(lengths, B, T)
-            valid = np.arange(T)[None, :] < lengths[:, None]
+            valid = valid_steps(lengths, T)
             check_finite(t, "t", valid)
         else:
             if x is None:
@@ -235,7 +281,7 @@ class Network:
             x, t, lengths = check_sequence_inputs(x, t, lengths, input_size=self.n_features,
                                                   dtype=self.dtype)
             B, T = t.shape
-            valid = np.arange(T)[None, :] < lengths[:, None]
+            valid = valid_steps(lengths, T)
         if self.readout_at == "last" and B and lengths.min() < 1:
             raise ValueError("lengths must be >= 1 for a read-out at the last valid step")
         if tokens is not None:
@@ -281,7 +327,7 @@ class Network:
         cache : dict
             For :meth:`backward`; ``cache["updates"]`` lists each layer's computed updates.
         """
-        x, t, lengths, tokens = self._check_inputs(x, t, lengths, tokens)
+        x, t, lengths, tokens = self.check_inputs(x, t, lengths, tokens)
         B, T = t.shape
         states_in = self._check_states(state, B)
         inp = x
@@ -290,7 +336,7 @@ class Network:
             inp = emb if x is None else np.concatenate([emb, x], axis=2)
         layer_caches, states = [], []
         for layer, (h0, c0) in zip(self.layers, states_in):
-            inp, state_out, layer_cache = layer._forward(inp, t, lengths, h0, c0, training)
+            inp, state_out, layer_cache = layer.forward_validated(inp, t, lengths, h0, c0, training)
             layer_caches.append(layer_cache)
             states.append(state_out)
         top = inp
@@ -345,21 +391,45 @@ class Network:
         return grads
 
     # ------------------------------------------------------------------ losses
-    def _targets(self, y, lengths, T):
-        """Validate targets and return them with the mask of rows that count."""
+    def check_targets(self, y, lengths, T):
+        """Validate the targets of a batch and return them with the mask of rows that count.
+
+        Parameters
+        ----------
+        y : ndarray
+            Integer labels (cross-entropy) or float targets of the network's dtype (mse):
+            (B,) or (B, C) for a read-out at the last step, (B, T) or (B, T, C) at every step.
+        lengths : int ndarray (B,)
+            Valid steps per sequence, as :meth:`check_inputs` returns them.
+        T : int
+            Number of steps of the batch.
+
+        Returns
+        -------
+        y : ndarray
+            The targets, padding steps set to 0.
+        mask : bool ndarray (B, T) or None
+            The valid steps for a read-out at every step, None for the last step.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For a wrong shape or dtype, a label outside ``[0, output_size)`` or non-finite
+            float targets.
+        """
         B = len(lengths)
         every = self.readout_at == "every"
         C = self.output_size
         if self.loss_name == "cross_entropy":
             y = check_array(y, "y", shape=(B, T) if every else (B,), kind="iu")
-            mask = np.arange(T)[None, :] < lengths[:, None] if every else None
+            mask = valid_steps(lengths, T) if every else None
             live = y if mask is None else y[mask]
             if live.size and (live.min() < 0 or live.max() >= C):
                 raise ValueError(f"y must hold class labels in [0, {C}), got range "
                                  f"[{live.min()}, {live.max()}]")
             return (y if mask is None else np.where(mask, y, 0)), mask
         y = check_array(y, "y", shape=(B, T, C) if every else (B, C), dtype=self.dtype)
-        mask = np.arange(T)[None, :] < lengths[:, None] if every else None
+        mask = valid_steps(lengths, T) if every else None
         check_finite(y, "y", None if mask is None else mask[:, :, None])
         return (y if mask is None else np.where(mask[:, :, None], y, 0)), mask
 
@@ -383,7 +453,7 @@ class Network:
         """
         out, _, cache = self.forward(batch.x, batch.t, batch.lengths, batch.tokens, state,
                                      training)
-        y, mask = self._targets(batch.y, cache["lengths"], cache["T"])
+        y, mask = self.check_targets(batch.y, cache["lengths"], cache["T"])
         loss, dout = LOSSES[self.loss_name](out, y, mask)
         return loss, (self.backward(dout, cache) if need_grads else None)
 
@@ -412,7 +482,7 @@ class Network:
         for batch in data.batches(batch_size, shuffle=False):
             out, _, cache = self.forward(batch.x, batch.t, batch.lengths, batch.tokens,
                                          training=False)
-            y, mask = self._targets(batch.y, cache["lengths"], cache["T"])
+            y, mask = self.check_targets(batch.y, cache["lengths"], cache["T"])
             loss, _ = LOSSES[self.loss_name](out, y, mask)
             rows = len(batch) if mask is None else int(mask.sum())
             total += loss * rows
@@ -433,7 +503,7 @@ class Network:
     def min_kink_distance(self, batch):
         """Smallest phase distance of any valid (sample, step, neuron) from a gate kink."""
         steps = batch.steps
-        valid = np.arange(batch.t.shape[1])[None, :] < steps[:, None]
+        valid = valid_steps(steps, batch.t.shape[1])
         times = batch.t[valid][:, None]
         dists = [kink_distance(times, p["tau"], p["s"], p["r_on"]).min()
                  for p in (layer.params for layer in self.layers if not layer.gate_open)
@@ -442,8 +512,6 @@ class Network:
 
     def stream(self, batch=1):
         """A :class:`plstm_np.Stream` for event-by-event evaluation of ``batch`` streams."""
-        from .streaming import Stream
-
         return Stream(self, batch)
 
     # ------------------------------------------------------------------ saving
@@ -456,10 +524,57 @@ class Network:
         )
 
     def save(self, path, *, optimizer=None, metadata=None, overwrite=False):
-        """Save to ``path`` (.npz + JSON metadata); see :func:`plstm_np.save`."""
-        from .io import save
+        """Save the network (and optionally its optimizer state) to ``path``, atomically.
 
-        save(path, self, optimizer=optimizer, metadata=metadata, overwrite=overwrite)
+        The file is the ``.npz`` + JSON archive described in :mod:`plstm_np.io` and read back
+        by :func:`plstm_np.load_checkpoint`; :func:`plstm_np.save` calls this method.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file is written exactly there (no suffix is added).
+        optimizer : Adam, optional
+            Its moments, step count and hyper-parameters are saved too.
+        metadata : dict, optional
+            JSON-serialisable information (epoch, accuracy, command line...).
+        overwrite : bool
+            Replace an existing file; by default an existing file raises FileExistsError.
+
+        Raises
+        ------
+        FileExistsError
+            ``path`` exists and ``overwrite`` is false (checked before anything else).
+        ValueError
+            ``optimizer`` does not hold this network's parameters.
+        TypeError
+            ``metadata`` is not JSON-serialisable.
+        """
+        path = os.fspath(path)
+        refuse_existing(path, overwrite)
+        params = self.params
+        arrays = {f"param/{name}": value for name, value in params.items()}
+        meta = {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "network": self.config(),
+            "arrays": {name: {"shape": list(v.shape), "dtype": v.dtype.name}
+                       for name, v in params.items()},
+            "optimizer": None, "metadata": metadata or {},
+        }
+        if optimizer is not None:
+            state = optimizer.state_dict()
+            if set(state["m"]) != set(params):
+                raise ValueError("optimizer does not hold this network's parameters")
+            for name in params:
+                arrays[f"adam_m/{name}"] = state["m"][name]
+                arrays[f"adam_v/{name}"] = state["v"][name]
+            meta["optimizer"] = {k: state[k] for k in ("lr", "beta1", "beta2", "eps", "step_count")}
+            meta["optimizer"].update(kind="Adam", frozen=sorted(optimizer.frozen),
+                                     bounds={k: list(v) for k, v in optimizer.bounds.items()})
+        try:
+            meta_bytes = json.dumps(meta, allow_nan=True).encode("utf-8")
+        except TypeError as err:
+            raise TypeError(f"metadata must be JSON-serialisable: {err}") from err
+        arrays["__meta__"] = np.frombuffer(meta_bytes, dtype=np.uint8)
+        atomic_write(path, lambda f: np.savez(f, **arrays), overwrite=overwrite)
 
     def __repr__(self):
         parts = ", ".join(repr(layer) for layer in self.layers)

@@ -25,22 +25,15 @@ from __future__ import annotations
 import numpy as np
 
 from .time_gate import time_gate_with_grads
+from .validation import valid_steps
 
 __all__ = ["layer_forward", "layer_backward", "sigmoid"]
-
-GATE_PARAMS = ("Wx", "Wh", "b", "w_ci", "w_cf", "w_co")
-TIMING_PARAMS = ("tau", "s", "r_on")
 
 
 def sigmoid(a):
     """Logistic function, computed without overflow warnings for large ``|a|``."""
     e = np.exp(-np.abs(a))
     return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(a.dtype, copy=False)
-
-
-def valid_steps(lengths, T):
-    """Boolean (B, T) mask of the steps before each sample's length."""
-    return np.arange(T)[None, :] < lengths[:, None]
 
 
 def gate_openness(params, t, lengths, leak, gate_open, dtype):
@@ -157,8 +150,8 @@ def layer_backward(dh_seq, dstate, cache):
         dh = dh + dh_seq[:, j]
         kj, hp, cp = k[:, j], h_prev[:, j], c_prev[:, j]
         ij, fj, gj, oj, ctj = i[:, j], f[:, j], g[:, j], o[:, j], ct[:, j]
-        tc = np.tanh(ctj)
-        ht = oj * tc
+        tanh_ct = np.tanh(ctj)
+        ht = oj * tanh_ct
         # c = k ct + (1 - k) cp,  h = k ht + (1 - k) hp
         dk[:, j] = dc * (ctj - cp) + dh * (ht - hp)
         dct = dc * kj
@@ -166,19 +159,19 @@ def layer_backward(dh_seq, dstate, cache):
         dcp = dc * (1 - kj)
         dhp = dh * (1 - kj)
         # ht = o tanh(ct),  o = sigma(z_o + w_co ct)
-        do = dht * tc
-        dct = dct + dht * oj * (1 - tc * tc)
-        dao = do * oj * (1 - oj)
-        dct = dct + dao * w_co
-        dw_co += (dao * ctj).sum(0)
+        do = dht * tanh_ct
+        dct = dct + dht * oj * (1 - tanh_ct * tanh_ct)
+        dz_o = do * oj * (1 - oj)
+        dct = dct + dz_o * w_co
+        dw_co += (dz_o * ctj).sum(0)
         # ct = f cp + i g
-        dai = dct * gj * ij * (1 - ij)
-        daf = dct * cp * fj * (1 - fj)
-        dzg = dct * ij * (1 - gj * gj)
-        dcp = dcp + dct * fj + dai * w_ci + daf * w_cf
-        dw_ci += (dai * cp).sum(0)
-        dw_cf += (daf * cp).sum(0)
-        dz = np.concatenate([dai, daf, dzg, dao], axis=1)
+        dz_i = dct * gj * ij * (1 - ij)
+        dz_f = dct * cp * fj * (1 - fj)
+        dz_g = dct * ij * (1 - gj * gj)
+        dcp = dcp + dct * fj + dz_i * w_ci + dz_f * w_cf
+        dw_ci += (dz_i * cp).sum(0)
+        dw_cf += (dz_f * cp).sum(0)
+        dz = np.concatenate([dz_i, dz_f, dz_g, dz_o], axis=1)
         dZ[:, j] = dz
         dh = dhp + dz @ Wh.T  # the one recurrent product per step
         dc = dcp

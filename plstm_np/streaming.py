@@ -13,7 +13,13 @@ skipped) on each packet. Pushing a recording in pieces gives the same outputs as
     print(stream.updates_per_neuron)         # compute actually spent, per layer
 
 The stream snapshots the network's parameters when it is created (call :meth:`refresh`
-after changing them); it always runs on the Numba CPU kernels.
+after changing them); it always runs on the Numba CPU kernels, which it asks the backend
+registry for when a stream is created (so that ``import plstm_np`` loads no Numba).
+
+Where this module sits: below :mod:`plstm_np.network`, which imports it for
+:meth:`plstm_np.Network.stream`. It does not import the network back: a model is run as a
+network when it is not a layer and has a network's public attributes (``layers``,
+``readout``, ``embedding``, ``n_features`` and :meth:`~plstm_np.Network.check_inputs`).
 """
 from __future__ import annotations
 
@@ -21,12 +27,14 @@ import numbers
 
 import numpy as np
 
-from . import numba_backend
+from .backends import get_backend
 from .layers import PhasedLSTM
-from .network import Network
 from .validation import check_positive_int, check_sequence_inputs
 
 __all__ = ["Stream"]
+
+#: What :class:`Stream` uses of a network (duck typing: this module cannot import it).
+_NETWORK_ATTRIBUTES = ("layers", "readout", "embedding", "n_features", "check_inputs")
 
 
 class Stream:
@@ -63,16 +71,17 @@ class Stream:
     """
 
     def __init__(self, model, batch=1):
-        if isinstance(model, Network):
-            self.network = model
-            self.layers = list(model.layers)
-        elif isinstance(model, PhasedLSTM):
+        if isinstance(model, PhasedLSTM):
             self.network = None
             self.layers = [model]
+        elif all(hasattr(model, name) for name in _NETWORK_ATTRIBUTES):
+            self.network = model
+            self.layers = list(model.layers)
         else:
             raise TypeError(f"model must be a Network or a PhasedLSTM/LSTM layer, got {type(model).__name__}")
         self.batch = check_positive_int(batch, "batch")
         self.dtype = self.layers[0].dtype
+        self._kernels = get_backend("numba")
         self.refresh()
         self.reset()
 
@@ -80,7 +89,7 @@ class Stream:
     def refresh(self):
         """Take a fresh snapshot of the model's parameters (after training it further)."""
         self._prepared = [
-            numba_backend.prepare_params(layer.params, layer.gate_open, dense=False)
+            self._kernels.prepare_params(layer.params, layer.gate_open, dense=False)
             for layer in self.layers]
         self._table = None
         if self.network is not None:
@@ -88,7 +97,7 @@ class Stream:
             self._readout = (readout["W"].astype(np.float64), readout["b"].astype(np.float64))
             emb = self.network.embedding
             if emb is not None:  # the first layer sees a precomputed projection per token
-                self._table, self._prepared[0] = numba_backend.token_table(
+                self._table, self._prepared[0] = self._kernels.token_table(
                     self._prepared[0], emb.params["E"])
 
     def reset(self):
@@ -183,7 +192,7 @@ class Stream:
         B, n = t3.shape
         tokens = None
         if self.network is not None:
-            x3, t3, lengths, tok3 = self.network._check_inputs(x3, t3, lengths, tok3)
+            x3, t3, lengths, tok3 = self.network.check_inputs(x3, t3, lengths, tok3)
             inp = x3
             if self._table is not None:  # the embedding is folded into the token table
                 tokens = np.ascontiguousarray(tok3, dtype=np.int64)
@@ -196,11 +205,11 @@ class Stream:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h0, c0 = self.states[i]
-            features = np.ascontiguousarray(layer._features(inp, t3))
+            features = np.ascontiguousarray(layer.gate_inputs(inp, t3))
             table = self._table if i == 0 else None
             # the top layer's kernel also computes the read-out (incrementally)
             readout = self._readout if i == last and self.network is not None else None
-            res = numba_backend.stream_forward(
+            res = self._kernels.stream_forward(
                 self._prepared[i], features, t3, lengths, h0, c0, self.update_counts[i],
                 layer.gate_open, table=table, tokens=tokens if i == 0 else None,
                 readout=readout)

@@ -35,7 +35,7 @@ import numpy as np
 from . import mnist as _mnist
 from . import nmnist as _nmnist
 from .dataset import Dataset
-from .validation import as_rng, check_dtype, check_positive_int
+from .validation import as_rng, check_dtype, check_positive_int, valid_steps
 
 __all__ = [
     "SAMPLING_STEP_MS", "frequency_discrimination", "superimposed_frequencies", "adding_task",
@@ -84,7 +84,7 @@ def _log_uniform_outside(rng, n, full, hole):
 def _pad_times(t, lengths):
     """Repeat every row's last valid time over its padding (in place); return t."""
     T = t.shape[1]
-    pad = np.arange(T)[None, :] >= lengths[:, None]
+    pad = ~valid_steps(lengths, T)
     last = t[np.arange(len(t)), np.maximum(lengths - 1, 0)]
     t[pad] = np.broadcast_to(last[:, None], t.shape)[pad]
     return t
@@ -106,7 +106,7 @@ def _sample_times(rng, n, sampling, duration_range, window, num_points_range):
         lengths = rng.integers(p_lo, p_hi + 1, n).astype(np.int64)
         T = int(lengths.max())
         u = rng.random((n, T))
-        u[np.arange(T)[None, :] >= lengths[:, None]] = np.inf  # sorts the padding last
+        u[~valid_steps(lengths, T)] = np.inf  # sorts the padding last
         u.sort(axis=1)
         t = start[:, None] + u * duration[:, None]
     else:

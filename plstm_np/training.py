@@ -1,27 +1,23 @@
 """The training loop: mini-batches, Adam, validation per epoch, early stopping, checkpoints,
-and a JSON log of every epoch."""
+and a JSON log of every epoch.
+
+The loop sits above :mod:`plstm_np.network` but imports neither it nor :mod:`plstm_np.io`: it
+drives the network through its public methods (``loss_and_grads``, ``evaluate``, ``save``).
+Checkpoints and the log are written atomically (:mod:`plstm_np.files`).
+"""
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipywidgets
 
+from .files import refuse_existing, write_json_atomic
 from .optim import clip_grad_norm
 from .validation import as_rng
 
 __all__ = ["train"]
-
-
-def _write_json(path, obj):
-    """Write ``obj`` as JSON to ``path`` via a temporary file, so a crash never truncates it."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32, rng=None,
@@ -75,8 +71,8 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
         If a loss becomes NaN or infinite (never train on silently).
     """
     for path in (checkpoint, log_path):
-        if path is not None and os.path.exists(path) and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        if path is not None:
+            refuse_existing(path, overwrite)
     rng = as_rng(rng)
     history, best, stale = [], math.inf, 0
     n_batches = math.ceil(len(train_data) / batch_size)
@@ -119,7 +115,7 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
         else:
             stale += 1
         if log_path is not None:
-            _write_json(log_path, history)
+            write_json_atomic(log_path, history)
         if patience is not None and stale >= patience:
             break
     return history

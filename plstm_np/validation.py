@@ -17,6 +17,11 @@ __all__ = [
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+
+def valid_steps(lengths, T):
+    """Boolean (B, T) mask of the steps before each sample's length (the valid steps)."""
+    return np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+
 def as_rng(rng):
     """A ``np.random.Generator`` from a Generator, an int seed or None."""
     if isinstance(rng, np.random.Generator):
@@ -113,7 +118,7 @@ def check_sequence_inputs(x, t, lengths, *, input_size, dtype):
         raise ValueError(f"x must have shape (B, T, {input_size}), got {x.shape}")
     t = check_timestamps(t, B, T)
     lengths = check_lengths(lengths, B, T)
-    valid = np.arange(T)[None, :] < lengths[:, None]
+    valid = valid_steps(lengths, T)
     check_finite(t, "t", valid)
     check_finite(x, "x", valid[:, :, None])
     return x, t, lengths

@@ -1,5 +1,7 @@
 """Experiments: every task trains a few steps with both models, the paper's architectures,
 seeded data regenerated exactly, backend fallback, and (slow) the main job's accuracy."""
+import json
+
 import numpy as np
 import pytest
 
@@ -15,21 +17,58 @@ def tiny(task, model="plstm", **kw):
     return ex.default_config(task, **cfg)
 
 
+def updates_per_neuron_expected(net, val, backend):
+    """Neuron updates per neuron and per sequence at evaluation, counted independently of
+    the kernels: every valid step for an LSTM (and on the NumPy reference backend, which
+    skips nothing); for a Phased LSTM on a skipping backend (alpha = 0) only the valid steps
+    at which a neuron's time gate is open (k != 0)."""
+    layer = net.layers[0]
+    steps = val.steps
+    if isinstance(layer, pl.LSTM) or backend == "numpy":
+        return int(steps.sum()) * layer.hidden_size / layer.hidden_size / len(val)
+    valid = np.arange(val.t.shape[1])[None, :] < steps[:, None]
+    p = layer.params
+    k = pl.time_gate(np.where(valid, val.t, 0.0)[:, :, None], p["tau"].astype(np.float64),
+                     p["s"].astype(np.float64), p["r_on"].astype(np.float64), 0.0)
+    return int((valid[:, :, None] & (k != 0)).sum()) / layer.hidden_size / len(val)
+
+
 @pytest.mark.parametrize("model", ex.MODELS)
 @pytest.mark.parametrize("task", sorted(ex.TASK_SPECS))
-def test_every_task_trains_a_few_steps(task, model):
-    run = ex.run_training(tiny(task, model), progress=False)
+def test_every_task_trains_a_few_steps(task, model, tmp_path):
+    cfg = tiny(task, model)
+    run = ex.run_training(cfg, tmp_path, progress=False)
     history = run["history"]
     assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
     final = run["final"]
     assert np.isfinite(final["loss"])
+    # The saved checkpoint (the only epoch), evaluated here on the regenerated validation
+    # set, gives the reported figures.
+    _, val = ex.make_data(cfg)
+    assert len(val) == run["n_val"]
+    net = pl.load(tmp_path / "checkpoint.npz")
+    direct = net.evaluate(val)
+    assert final["loss"] == pytest.approx(direct["loss"], rel=1e-9)
     if ex.TASK_SPECS[task].loss == "cross_entropy":
-        assert 0.0 <= final["accuracy"] <= 1.0
-    dense = final["dense_updates_per_neuron"]
-    if model == "lstm":
-        assert final["updates_per_neuron"][0] == pytest.approx(dense)
+        assert final["accuracy"] == direct["accuracy"]
     else:
-        assert final["updates_per_neuron"][0] <= dense
+        assert "accuracy" not in final
+    dense = final["dense_updates_per_neuron"]
+    assert dense == pytest.approx(float(val.steps.mean()), rel=1e-12)
+    updates = final["updates_per_neuron"]
+    assert updates == pytest.approx(direct["updates_per_neuron"], rel=1e-12)
+    backend = run["config"]["backend"]
+    assert updates[0] == pytest.approx(updates_per_neuron_expected(net, val, backend), rel=1e-12)
+    if model == "lstm" or backend == "numpy":
+        assert updates[0] == pytest.approx(dense, rel=1e-12)
+    else:
+        assert updates[0] < dense  # the kernels skip closed neurons at evaluation
+    # ... and so does evaluate_checkpoint, from the configuration saved in the checkpoint
+    result = ex.evaluate_checkpoint(tmp_path, log=lambda m: None)
+    assert result["loss"] == pytest.approx(direct["loss"], rel=1e-9)
+    assert result.get("accuracy") == direct.get("accuracy")
+    assert result["updates_per_neuron"] == pytest.approx(direct["updates_per_neuron"], rel=1e-12)
+    assert result["n"] == len(val) and result["epoch"] == 1
 
 
 def test_paper_architectures():
@@ -96,7 +135,7 @@ def test_unavailable_backend_falls_back_to_numpy(monkeypatch):
     def unavailable(name):
         raise BackendUnavailableError("no compiler here")
 
-    monkeypatch.setattr(ex, "get_backend", unavailable)
+    monkeypatch.setattr(ex.runs, "get_backend", unavailable)  # what resolve_backend calls
     messages = []
     assert ex.resolve_backend("numba", log=messages.append) == "numpy"
     assert "no compiler here" in messages[0] and "numpy" in messages[0].lower()
@@ -130,12 +169,49 @@ def test_reproduce_rejects_unknown_experiments_and_conditions(tmp_path):
 
 
 def test_reproduce_quick_adding_writes_an_mse_table(tmp_path):
-    results = ex.reproduce("adding", tmp_path, quick=True, log=lambda m: None)
+    results = ex.reproduce("adding", tmp_path, quick=True, seeds=2, log=lambda m: None)
     assert list(results["conditions"]) == ["plstm-tau0-2", "plstm-tau2-4", "plstm-tau4-6",
                                            "plstm-tau6-8", "lstm"]
-    table = (tmp_path / "adding" / "results.md").read_text()
-    assert "val. MSE" in table and "| plstm-tau6-8 |" in table
-    assert (tmp_path / "adding" / "fig4b_curves.png").exists()
+    folder = tmp_path / "adding"
+    saved = json.loads((folder / "results.json").read_text())
+    assert saved == results  # results.json round-trips, figures included
+    assert saved["figures"] == [str(folder / "fig4b_curves.png")]
+    assert (folder / "fig4b_curves.png").exists()
+    table = (folder / "results.md").read_text()
+    assert "val. MSE" in table
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines()
+            if line.startswith("| ") and " ± " in line}
+    assert list(rows) == list(saved["conditions"])
+    for name, c in saved["conditions"].items():
+        runs = c["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        for r in runs:  # each seed's figures are those of its run's log
+            log = json.loads((folder / "runs" / name / f"seed{r['seed']}" / "log.json").read_text())
+            assert r["final_val_loss"] == log[-1]["val_loss"]
+            assert r["best_val_loss"] == min(e["val_loss"] for e in log)
+            assert r["curve_val_loss"] == [e["val_loss"] for e in log]
+            assert r["updates_per_neuron"] == log[-1]["val_updates_per_neuron"][0]
+        final = np.array([r["final_val_loss"] for r in runs])
+        best = np.array([r["best_val_loss"] for r in runs])
+        first = np.mean([r["curve_val_loss"][0] for r in runs])
+        updates = np.mean([r["updates_per_neuron"] for r in runs])
+        dense = np.mean([r["dense_updates_per_neuron"] for r in runs])
+        assert c["final_val_loss_mean"] == pytest.approx(final.mean(), rel=1e-12)
+        assert c["final_val_loss_std"] == pytest.approx(final.std(), rel=1e-12, abs=1e-15)
+        assert c["curve_val_loss_mean"][0] == pytest.approx(first, rel=1e-12)
+        # the table row holds the mean ± std over the seeds, computed here from the runs
+        cells = rows[name].split(" | ")
+        assert cells[1] == f"{final.mean():.4f} ± {final.std():.4f}"
+        assert cells[2] == f"{best.mean():.4f} ± {best.std():.4f}"
+        assert cells[3] == f"{first:.4f}"
+        assert cells[4] == f"{updates:.1f}" and cells[5] == f"{dense:.1f}"
+    lstm = saved["conditions"]["lstm"]
+    assert lstm["updates_per_neuron_mean"] == pytest.approx(lstm["dense_updates_per_neuron_mean"])
+    plstm = saved["conditions"]["plstm-tau0-2"]
+    if saved["backend"] != "numpy":  # the NumPy reference backend skips nothing
+        assert plstm["updates_per_neuron_mean"] < plstm["dense_updates_per_neuron_mean"]
+    # a second reproduction reuses the complete runs and gives the same results
+    assert ex.reproduce("adding", tmp_path, quick=True, seeds=2, log=lambda m: None) == results
 
 
 @pytest.mark.slow

@@ -127,3 +127,31 @@ def test_metadata_must_be_json(rng, tmp_path):
     with pytest.raises(TypeError, match="JSON"):
         make_network(rng).save(tmp_path / "m.npz", metadata={"f": object()})
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_pl_save_is_net_save(rng, tmp_path):
+    net = make_network(rng)
+    pl.save(tmp_path / "a.npz", net)
+    net.save(tmp_path / "b.npz")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with pytest.raises(TypeError, match="net must be a Network"):
+        pl.save(tmp_path / "c.npz", net.layers[0])
+    with pytest.raises(FileExistsError, match="overwrite=True"):  # checked before the metadata
+        net.save(tmp_path / "a.npz", metadata={"f": object()})
+
+
+def test_an_interrupted_save_keeps_the_old_file(rng, tmp_path, monkeypatch):
+    net = make_network(rng)
+    path = tmp_path / "net.npz"
+    net.save(path)
+    before = path.read_bytes()
+
+    def interrupted(f, **arrays):
+        f.write(b"half an archive")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        net.save(path, overwrite=True)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["net.npz"]  # the temporary file is gone

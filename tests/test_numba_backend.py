@@ -1,4 +1,5 @@
 """The Numba backend against the NumPy reference: forward, every gradient, skipping, errors."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,11 @@ import plstm_np as pl
 from plstm_np import config, reference
 from plstm_np.time_gate import phase
 
-from conftest import make_batch, make_network
+from plstm_np.backends import numba as nb
+from plstm_np.backends.numba import (backward, cell_math, compile, forward, intrinsics, layouts,
+                                     workspace)
 
-nb = pytest.importorskip("plstm_np.numba_backend")
+from conftest import make_batch, make_network
 
 #: Largest tolerated max relative difference (max |a - b| / max |b|) to the reference.
 RTOL = {np.float64: 1e-12, np.float32: 1e-5}
@@ -108,7 +111,7 @@ def test_leak_free_backward_visits_only_updates_when_few(dtype, r_on_range, spar
         cache_n, _, (_, _, _, lengths) = compare_layer(rng, dtype, 0.0, False, B=6, T=12, D=2,
                                                        H=70, r_on_range=r_on_range)
         all_updates = int(lengths.sum()) * 70
-        assert (cache_n["updates"] <= nb._SPARSE_BACKWARD * all_updates) == sparse
+        assert (cache_n["updates"] <= backward.SPARSE_BACKWARD * all_updates) == sparse
         expected = cache_n["updates"] if sparse else all_updates
         assert cache_n["backward_updates"] == expected
 
@@ -166,7 +169,7 @@ def test_neuron_major_layout_and_its_inverse():
     for n in range(H):
         for g in range(4):
             np.testing.assert_array_equal(WN[:, 4 * n + g], W[:, g * H + n])
-    np.testing.assert_array_equal(nb._from_neuron_major(WN), W)
+    np.testing.assert_array_equal(layouts.from_neuron_major(WN), W)
 
 
 def test_layouts_reused_only_for_unchanged_parameters():
@@ -185,25 +188,25 @@ def test_layouts_reused_only_for_unchanged_parameters():
         assert cache["prepared"] is not first["prepared"], name
         h_r, _, _ = reference.layer_forward(params, x, t, lengths, h0, c0, 0.0)
         assert max_rel_diff(h_n, h_r) <= RTOL[np.float64], name
-    others = [{k: v.copy() for k, v in params.items()} for _ in range(nb._LAYOUTS_KEPT + 3)]
+    others = [{k: v.copy() for k, v in params.items()} for _ in range(layouts.LAYOUTS_KEPT + 3)]
     for other in others:  # bounded
         nb.layer_forward(other, x, t, lengths, h0, c0, 0.0)
-    assert len(nb._workspace.layouts) == nb._LAYOUTS_KEPT
+    assert len(workspace.thread_store()["layouts"]) == layouts.LAYOUTS_KEPT
     nb.clear_workspace()
-    assert "layouts" not in nb._workspace.__dict__
+    assert "layouts" not in workspace.thread_store()
 
 
 def test_workspace_keeps_no_large_arrays(monkeypatch):
     monkeypatch.setattr(nb, "_POOL_MAX_BYTES", 1000)
     nb.clear_workspace()
-    small = nb._reusable("test", (10, 10), np.float64)  # 800 bytes: kept
-    large = nb._reusable("test", (10, 20), np.float64)  # 1600 bytes: not kept
-    pool = nb._workspace.arrays["test"]
+    small = workspace.reusable("test", (10, 10), np.float64)  # 800 bytes: kept
+    large = workspace.reusable("test", (10, 20), np.float64)  # 1600 bytes: not kept
+    pool = workspace.thread_store()["arrays"]["test"]
     assert len(pool) == 1 and pool[0] is small and all(a is not large for a in pool)
     del small
-    assert nb._reusable("test", (10, 10), np.float64) is pool[0]
+    assert workspace.reusable("test", (10, 10), np.float64) is pool[0]
     nb.clear_workspace()
-    assert "arrays" not in nb._workspace.__dict__
+    assert "arrays" not in workspace.thread_store()
 
 
 def open_triples_of(params, t, lengths):
@@ -275,7 +278,7 @@ def test_gate_scan_switching_between_many_and_few_open():
     x = rng.normal(size=(B, T, 3))
     t = np.cumsum(rng.uniform(0.0, 0.2, (B, T)), axis=1) - 5.0
     open_triples = assert_updates_are_the_open_triples(params, x, t, lengths, h0, c0)
-    many_before = open_triples[:, :-1].sum(2) * nb._MANY_OPEN > H
+    many_before = open_triples[:, :-1].sum(2) * forward.MANY_OPEN > H
     assert many_before.sum() > 50 and (~many_before).sum() > 50  # both ways, many times
 
 
@@ -346,10 +349,10 @@ def _run(code):
 def test_import_compiles_nothing():
     out = _run(
         "import plstm_np, sys\n"
-        "assert 'plstm_np.numba_backend' not in sys.modules\n"
-        "from plstm_np import numba_backend as nb\n"
-        "kernels = [nb.forward_kernel, nb.forward_kernel_serial, nb.forward_dense_kernel,"
-        " nb.backward_kernel]\n"
+        "assert not any(m.startswith('plstm_np.backends.numba') for m in sys.modules)\n"
+        "from plstm_np.backends.numba import forward as f, backward as b\n"
+        "kernels = [f.forward_kernel, f.forward_kernel_serial, f.forward_dense_kernel,"
+        " b.backward_kernel, b.backward_sparse_kernel]\n"
         "print(sum(len(k.signatures) for k in kernels))\n"
     )
     assert out.strip() == "0"
@@ -358,21 +361,50 @@ def test_import_compiles_nothing():
 @pytest.mark.skipif(not (config.NUMBA_CACHE and not config.NUMBA_FASTMATH),
                     reason="disk cache switched off")
 def test_fresh_process_loads_kernels_from_cache():
+    # every kernel runs: dense forward and backward (training), the sparse forward, parallel
+    # (B > 1) and serial (B = 1), and the sparse backward (after a leak-free forward)
     code = (
         "import numpy as np\n"
         "import plstm_np as pl\n"
-        "from plstm_np import numba_backend as nb\n"
+        "from plstm_np.backends.numba import forward as f, backward as b\n"
         "layer = pl.PhasedLSTM(2, 3, backend='numba', rng=0)\n"
         "x = np.zeros((2, 3, 2)); t = np.arange(6.0).reshape(2, 3)\n"
         "h, s, cache = layer.forward(x, t)\n"
         "layer.backward(np.ones_like(h), cache)\n"
-        "ks = [nb.forward_dense_kernel, nb.backward_kernel]\n"
+        "h, s, cache = layer.forward(x, t, training=False)\n"
+        "layer.backward(np.ones_like(h), cache)\n"
+        "layer.forward(x[:1], t[:1], training=False)\n"
+        "ks = [f.forward_dense_kernel, b.backward_kernel, f.forward_kernel,"
+        " f.forward_kernel_serial, b.backward_sparse_kernel]\n"
         "print(sum(sum(k.stats.cache_misses.values()) for k in ks),"
-        " sum(sum(k.stats.cache_hits.values()) for k in ks))\n"
+        " sum(sum(k.stats.cache_hits.values()) for k in ks), cache['backward_updates'])\n"
     )
     _run(code)  # the first process may have to compile and write the cache
-    misses, hits = map(int, _run(code).split())
-    assert misses == 0 and hits == 2
+    misses, hits, visited = map(int, _run(code).split())
+    assert visited < 2 * 3 * 3  # the sparse backward ran (it visits only the updates)
+    assert misses == 0 and hits == 5
+
+
+def test_cache_stamp_covers_every_source_the_kernels_are_built_from(tmp_path):
+    # Numba's own stamp covers a kernel's file only: an edit of the cell maths a kernel
+    # inlines from another module must recompile it
+    here = Path(nb.__file__).parent
+    expected = {str(p.resolve()) for p in here.glob("*.py")}
+    expected |= {str((here.parents[1] / name).resolve())
+                 for name in ("scalar_math.py", "config.py")}
+    assert {str(Path(p).resolve()) for p in compile.SOURCE_FILES} == expected
+    files = [tmp_path / "a.py", tmp_path / "b.py"]
+    for f in files:
+        f.write_text("x = 1\n")
+    before = compile.source_stamp(files)
+    assert compile.source_stamp(files) == before
+    files[1].write_text("x = 2\n")
+    assert compile.source_stamp(files) != before
+    kernels = [forward.forward_kernel, forward.forward_dense_kernel, backward.backward_kernel,
+               backward.backward_sparse_kernel, forward.forward_kernel_serial]
+    for k in kernels:  # every kernel is cached under that stamp
+        if compile.CACHE:
+            assert k._cache._impl.locator.get_source_stamp() == compile.source_stamp()
 
 
 def test_phase_bitwise_equal_to_numpy():
@@ -390,16 +422,16 @@ def test_phase_bitwise_equal_to_numpy():
     t[3 * m:4 * m] = rng.uniform(-1e-3, 1e-3, m) + s[3 * m:4 * m]
     expected = phase(t, tau, s)
     expected = np.where(expected >= 1.0, 0.0, expected)  # scalar_math's convention
-    got = np.array([nb._phase(a, b, 1.0 / b, c) for a, b, c in zip(t, tau, s)])
+    got = np.array([cell_math.phase(a, b, 1.0 / b, c) for a, b, c in zip(t, tau, s)])
     np.testing.assert_array_equal(got, expected)
 
     # the inlined copy, in a loop compiled with the kernels' flags (there it vectorises)
     import numba
 
-    @numba.njit(fastmath=nb._FASTMATH, error_model="numpy")
+    @numba.njit(fastmath=compile.FASTMATH, error_model="numpy")
     def phases(t, tau, s, out):
         for n in range(t.shape[0]):
-            out[n] = nb._phase_inline(t[n], tau[n], 1.0 / tau[n], s[n])
+            out[n] = cell_math.phase_inline(t[n], tau[n], 1.0 / tau[n], s[n])
 
     out = np.empty(N)
     phases(t, tau, s, out)
@@ -414,8 +446,8 @@ def test_gate_nonlinearities_in_model_dtype():
     def apply(a, sig, tnh):
         one = a.dtype.type(1.0)
         for i in range(a.shape[0]):
-            sig[i] = nb._sigmoid(a[i], one)
-            tnh[i] = nb._tanh(a[i], one)
+            sig[i] = cell_math.sigmoid(a[i], one)
+            tnh[i] = cell_math.tanh(a[i], one)
 
     a64 = np.concatenate([np.linspace(-120.0, 120.0, 20001), [0.0, -0.0, 1e-30, -1e-30]])
     for dtype, tol in ((np.float64, 4e-16), (np.float32, 4e-7)):
@@ -432,7 +464,7 @@ def test_gate_nonlinearities_in_model_dtype():
 def test_blas_single_threaded_while_dense_kernels_run_and_restored_after():
     # the dense kernels call BLAS from each of their threads: SciPy's OpenBLAS (the one
     # Numba's np.dot calls) is held at one thread meanwhile, and its count restored
-    controls = nb._SerialBLAS._find()
+    controls = workspace.SerialBLAS._find()
     if not controls:
         pytest.skip("SciPy's OpenBLAS thread controls are not available here")
     get, set_ = controls
@@ -440,7 +472,7 @@ def test_blas_single_threaded_while_dense_kernels_run_and_restored_after():
     try:
         set_(2)
         assert get() == 2
-        with nb._SerialBLAS():
+        with workspace.SerialBLAS():
             assert get() == 1
         assert get() == 2
         rng = np.random.default_rng(14)
@@ -450,3 +482,64 @@ def test_blas_single_threaded_while_dense_kernels_run_and_restored_after():
         assert get() == 2
     finally:
         set_(before)
+
+
+def test_python_twins_of_the_intrinsics_agree_with_them():
+    # plain-Python mode (NUMBA_DISABLE_JIT=1) runs the kernels on these twins
+    if compile.PLAIN_PYTHON:
+        pytest.skip("the intrinsics themselves cannot run in plain-Python mode")
+    import numba
+
+    rng = np.random.default_rng(5)
+    a, b, c = rng.normal(size=(3, 200)) * 10.0 ** rng.integers(-8, 8, (3, 200))
+    fma_jit = numba.njit(lambda a, b, c: intrinsics.fma(a, b, c))
+    for ai, bi, ci in zip(a, b, c):
+        assert intrinsics.fma_python(ai, bi, ci) == fma_jit(ai, bi, ci)
+    # a product that rounds: the fused result differs from a * b + c
+    assert intrinsics.fma_python(1.0 + 2.0**-30, 1.0 - 2.0**-30, -1.0) == -(2.0**-60)
+
+    screen = numba.njit(lambda tj, rows, col: intrinsics.maybe_open8(tj, rows, col))
+    H = 29
+    tau = np.exp(rng.uniform(-1, 4, H))
+    prepared = layouts.prepare_params(
+        dict(Wx=np.zeros((1, 4 * H)), Wh=np.zeros((H, 4 * H)), b=np.zeros(4 * H),
+             w_ci=np.zeros(H), w_cf=np.zeros(H), w_co=np.zeros(H), tau=tau,
+             s=rng.uniform(0, tau), r_on=rng.uniform(0.01, 0.3, H)), False)
+    rows = prepared["timing"].gate_rows
+    for tj in np.concatenate([rng.uniform(-50, 1e4, 300), [0.0, 1e15]]):
+        for col in range(0, rows.shape[1], 8):
+            assert intrinsics.maybe_open8_python(tj, rows, col) == screen(tj, rows, col)
+
+    lowest = numba.njit(lambda w: intrinsics.lowest_bit(w))
+    for word in [1, 2, 3, 96, 2**63, 2**64 - 1] + list(rng.integers(1, 2**63, 50)):
+        assert intrinsics.lowest_bit_python(np.uint64(word)) == lowest(np.uint64(word))
+
+    biased = numba.njit(lambda m: intrinsics.two_to_biased(m))
+    for m in (1, 100, 128, 200, 255):
+        assert intrinsics.two_to_biased_python(m) == biased(np.int32(m))
+
+
+def test_plain_python_mode_runs_the_backend_like_the_reference():
+    # NUMBA_DISABLE_JIT=1: every kernel as Python (coverage, debugging), same results
+    code = (
+        "import numpy as np, plstm_np as pl\n"
+        "from plstm_np.backends.numba import compile\n"
+        "assert compile.PLAIN_PYTHON\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.normal(size=(3, 5, 2)); t = np.sort(rng.uniform(0, 10, (3, 5)), 1)\n"
+        "L = np.array([5, 3, 4])\n"
+        "worst = 0.0\n"
+        "for training in (False, True):\n"
+        "    fast, ref = (pl.PhasedLSTM(2, 11, backend=b, rng=0, r_on=0.3)\n"
+        "                 for b in ('numba', 'numpy'))\n"
+        "    h, _, c = fast.forward(x, t, L, training=training)\n"
+        "    h2, _, c2 = ref.forward(x, t, L, training=training)\n"
+        "    g, g2 = fast.backward(np.ones_like(h), c), ref.backward(np.ones_like(h2), c2)\n"
+        "    worst = max([worst, abs(h - h2).max()] + [abs(g[k] - g2[k]).max() for k in g])\n"
+        "print(worst, c['updates'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, NUMBA_DISABLE_JIT="1"))
+    assert result.returncode == 0, result.stderr
+    worst, updates = result.stdout.split()
+    assert float(worst) < 1e-12 and int(updates) == 3 * 11 * 4  # 12 valid steps, all updated

@@ -1,10 +1,12 @@
 """A short seeded training run lowers the loss; the loop's checkpoints, log and stopping work."""
 import json
+import re
 
 import numpy as np
 import pytest
 
 import plstm_np as pl
+from plstm_np.files import atomic_write, write_json_atomic
 
 
 def sine_data(n, rng, T=40):
@@ -66,3 +68,25 @@ def test_max_batches_and_non_finite_loss():
     net.params["readout.W"][0, 0] = np.inf
     with pytest.raises(FloatingPointError, match="epoch 1, batch 0"):
         pl.train(net, opt, data, epochs=1, progress=False)
+
+
+def test_json_is_written_atomically(tmp_path):
+    path = tmp_path / "log.json"
+    write_json_atomic(path, [{"epoch": 1}])
+    assert path.read_text() == json.dumps([{"epoch": 1}], indent=1)
+    with pytest.raises(TypeError):
+        write_json_atomic(path, [{"epoch": object()}])
+    assert json.loads(path.read_text()) == [{"epoch": 1}]  # the old content, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["log.json"]  # no temporary file left
+    with pytest.raises(FileExistsError, match=re.escape(f"{path} exists; pass overwrite=True")):
+        atomic_write(path, lambda f: f.write(b"new"), overwrite=False)
+    atomic_write(path, lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new"
+
+
+def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path):
+    # mkstemp's temporary files are private (0o600): the renamed result must not be
+    (tmp_path / "plain.json").write_text("{}")
+    expected = (tmp_path / "plain.json").stat().st_mode & 0o777
+    write_json_atomic(tmp_path / "log.json", {})
+    assert (tmp_path / "log.json").stat().st_mode & 0o777 == expected

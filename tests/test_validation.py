@@ -7,8 +7,10 @@ from conftest import make_batch, make_network
 
 
 @pytest.fixture
-def layer():
-    return pl.PhasedLSTM(2, 3, rng=0)
+def layer(backend):
+    """The same layer on each backend (the ``backend`` fixture of conftest.py): bad input is
+    reported the same way whichever backend would have run it."""
+    return pl.PhasedLSTM(2, 3, backend=backend, rng=0)
 
 
 @pytest.fixture
@@ -109,8 +111,8 @@ def test_network_structure_errors():
         pl.Network([a], pl.Dense(3, 2), loss="hinge")
 
 
-def test_network_input_errors(rng):
-    net = make_network(rng)
+def test_network_input_errors(rng, backend):
+    net = make_network(rng, backend=backend)
     batch = make_batch(net, rng)
     with pytest.raises(ValueError, match="tokens are required"):
         net.forward(batch.x, batch.t, batch.lengths)
@@ -128,8 +130,84 @@ def test_network_input_errors(rng):
         net.forward(batch.x, batch.t, batch.lengths, batch.tokens, state=[None])
 
 
-def test_mse_targets_must_match_dtype(rng):
-    net = make_network(rng, loss="mse")
+def test_mse_targets_must_match_dtype(rng, backend):
+    net = make_network(rng, loss="mse", backend=backend)
     batch = make_batch(net, rng)
     with pytest.raises(TypeError, match="y must have dtype float64"):
         net.loss_and_grads(batch.replace(y=batch.y.astype(np.float32)))
+
+
+def _bad_calls():
+    """Bad calls of ``PhasedLSTM(2, 3).forward`` on a batch B = 2, T = 4 (float64)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, 2))
+    t = np.sort(rng.uniform(0, 5, (2, 4)), axis=1)
+    state = (np.zeros((2, 3)), np.zeros((2, 3)))
+
+    def with_value(a, index, value):
+        a = a.copy()
+        a[index] = value
+        return a
+
+    return {
+        "x 2-d": dict(x=x[:, :, 0], t=t),
+        "x wrong features": dict(x=x[:, :, :1], t=t),
+        "x float32": dict(x=x.astype(np.float32), t=t),
+        "x int": dict(x=x.astype(np.int64), t=t),
+        "x list": dict(x=x.tolist(), t=t),
+        "x nan at a valid step": dict(x=with_value(x, (1, 2, 0), np.nan), t=t),
+        "x inf at a valid step": dict(x=with_value(x, (0, 0, 1), -np.inf), t=t),
+        "t wrong steps": dict(x=x, t=t[:, :3]),
+        "t 1-d": dict(x=x, t=t[0]),
+        "t float32": dict(x=x, t=t.astype(np.float32)),
+        "t int": dict(x=x, t=t.astype(np.int64)),
+        "t list": dict(x=x, t=t.tolist()),
+        "t nan at a valid step": dict(x=x, t=with_value(t, (1, 2), np.nan)),
+        "t inf at a valid step": dict(x=x, t=with_value(t, (0, 3), np.inf)),
+        "t nan at a valid step before padding": dict(x=x, t=with_value(t, (1, 1), np.nan),
+                                                     lengths=np.array([4, 2])),
+        "lengths > T": dict(x=x, t=t, lengths=np.array([5, 1])),
+        "lengths negative": dict(x=x, t=t, lengths=np.array([-1, 2])),
+        "lengths wrong shape": dict(x=x, t=t, lengths=np.array([4])),
+        "lengths float": dict(x=x, t=t, lengths=np.array([4.0, 4.0])),
+        "lengths list": dict(x=x, t=t, lengths=[4, 4]),
+        "state not a tuple": dict(x=x, t=t, state=state[0]),
+        "state of 3": dict(x=x, t=t, state=(*state, state[0])),
+        "h0 wrong shape": dict(x=x, t=t, state=(np.zeros((2, 4)), state[1])),
+        "c0 wrong shape": dict(x=x, t=t, state=(state[0], np.zeros((3, 3)))),
+        "c0 float32": dict(x=x, t=t, state=(state[0], state[1].astype(np.float32))),
+        "h0 nan": dict(x=x, t=t, state=(with_value(state[0], (1, 1), np.nan), state[1])),
+    }
+
+
+BAD_CALLS = _bad_calls()
+
+
+def _error_of(layer, call):
+    with pytest.raises((ValueError, TypeError)) as err:
+        layer.forward(**call)
+    return type(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CALLS))
+def test_bad_input_same_error_on_every_backend(backend, case):
+    """The exception type and the whole message equal the reference's, for every bad input."""
+    call = BAD_CALLS[case]
+    expected = _error_of(pl.PhasedLSTM(2, 3, backend="numpy", rng=1), call)
+    assert _error_of(pl.PhasedLSTM(2, 3, backend=backend, rng=1), call) == expected
+
+
+@pytest.mark.parametrize("case", ["x float16", "x float64 into float32", "c0 float64"])
+def test_bad_input_same_error_on_every_backend_float32(backend, case):
+    """The same for a float32 layer: float64 x or state is refused, not cast."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, 2))
+    t = np.sort(rng.uniform(0, 5, (2, 4)), axis=1)
+    s32 = (np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32))
+    call = {"x float16": dict(x=x.astype(np.float16), t=t),
+            "x float64 into float32": dict(x=x, t=t),
+            "c0 float64": dict(x=x.astype(np.float32), t=t, state=(s32[0], np.zeros((2, 3))))}[case]
+    expected = _error_of(pl.PhasedLSTM(2, 3, dtype=np.float32, backend="numpy", rng=1), call)
+    assert expected[0] is TypeError and "float32" in expected[1]
+    got = _error_of(pl.PhasedLSTM(2, 3, dtype=np.float32, backend=backend, rng=1), call)
+    assert got == expected

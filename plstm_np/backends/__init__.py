@@ -18,8 +18,8 @@ __all__ = ["BACKENDS", "BackendUnavailableError", "get_backend", "check_backend"
 
 BACKENDS = {
     "numpy": "plstm_np.reference",
-    "numba": "plstm_np.numba_backend",
-    "cuda": "plstm_np.cuda_backend",
+    "numba": "plstm_np.backends.numba",
+    "cuda": "plstm_np.backends.cuda",
 }
 
 

@@ -6,7 +6,9 @@ every activation on the GPU across steps: per step only the batch goes up and th
 evaluation (alpha = 0, closed neurons skipped), chunk by chunk, carrying each stream's
 state on the device between chunks.
 
-Both use the kernels of :mod:`plstm_np.cuda_backend` (one block per sample or stream).
+Both use the kernels of :mod:`plstm_np.backends.cuda` (one block per sample or stream). This
+module sits above the model in the layering (it trains a :class:`plstm_np.Network`), beside
+:mod:`plstm_np.training`.
 """
 from __future__ import annotations
 
@@ -15,15 +17,13 @@ import math
 
 import numpy as np
 
-from . import config
-from .backends import get_backend
-from .optim import check_adam_hyperparameters
-from .validation import check_positive_int, check_sequence_inputs
-
-try:  # optional; _backend() raises the explanatory error when it is missing
-    from numba import cuda  # a module global: the simulator swaps it inside kernels
-except Exception:
-    cuda = None
+from ... import config
+from ...network import Network
+from ...optim import check_adam_hyperparameters
+from ...validation import check_positive_int, check_sequence_inputs
+from .. import get_backend
+from .device import grid
+from .kernels import cuda
 
 __all__ = ["CudaTrainer", "CudaStreamer"]
 
@@ -135,24 +135,12 @@ def _kernels():
             pi = p[i] - lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
             p[i] = min(max(pi, low), high)
 
-    @cuda.jit
-    def fill_kernel(a, value):
-        i = cuda.grid(1)
-        if i < a.shape[0]:
-            a[i] = value
-
     return dict(append_time=append_time_kernel, last_state=last_state_kernel,
                 readout=readout_kernel, cross_entropy=cross_entropy_kernel,
-                dense_grad=dense_grad_kernel, adam=adam_kernel, fill=fill_kernel)
-
-
-def _grid(n, per_block):
-    return max(1, (n + per_block - 1) // per_block)
+                dense_grad=dense_grad_kernel, adam=adam_kernel)
 
 
 def _check_network(net, what):
-    from .network import Network
-
     if not isinstance(net, Network):
         raise TypeError(f"net must be a plstm_np.Network, got {type(net).__name__}")
     if net.embedding is not None:
@@ -178,7 +166,8 @@ class _DeviceStack:
             return inp
         B, T, D = inp.shape
         out = cuda.device_array((B, T, D + 1), self.dtype)
-        _kernels()["append_time"][(_grid(B * T, 64), _grid(D + 1, 2)), (64, 2)](
+        tpb = config.CUDA_LAUNCH["append_time"]
+        _kernels()["append_time"][(grid(B * T, tpb[0]), grid(D + 1, tpb[1])), tpb](
             inp, t, float(layer.time_scale), lengths, out)
         return out
 
@@ -242,8 +231,8 @@ class CudaTrainer:
     def _upload(self, batch):
         cb = _backend()
         net = self.net
-        x, t, lengths, _ = net._check_inputs(batch.x, batch.t, batch.lengths, batch.tokens)
-        y, _ = net._targets(batch.y, lengths, t.shape[1])
+        x, t, lengths, _ = net.check_inputs(batch.x, batch.t, batch.lengths, batch.tokens)
+        y, _ = net.check_targets(batch.y, lengths, t.shape[1])
         return (cb.to_device(x), cb.to_device(t), cb.to_device(lengths.astype(np.int64)),
                 cb.to_device(y.astype(np.int64)))
 
@@ -275,10 +264,12 @@ class CudaTrainer:
         loss = cuda.device_array(B, np.float64)
         dlogits = cuda.device_array((B, C), net.dtype)
         dh = cb.zeros((B, T, Hl), net.dtype)
-        k["cross_entropy"][_grid(B, 64), 64](inp, lengths, W, bias, y, loss, dlogits, dh)
+        tpb = config.CUDA_LAUNCH["cross_entropy"]
+        k["cross_entropy"][grid(B, tpb), tpb](inp, lengths, W, bias, y, loss, dlogits, dh)
         grads = {"readout.W": cuda.device_array((Hl, C), net.dtype),
                  "readout.b": cuda.device_array(C, net.dtype)}
-        k["dense_grad"][(_grid(Hl + 1, 16), _grid(C, 4)), (16, 4)](
+        tpb = config.CUDA_LAUNCH["dense_grad"]
+        k["dense_grad"][(grid(Hl + 1, tpb[0]), grid(C, tpb[1])), tpb](
             inp, lengths, dlogits, grads["readout.W"], grads["readout.b"])
         for i in reversed(range(len(net.layers))):
             layer = net.layers[i]
@@ -301,6 +292,7 @@ class CudaTrainer:
         c1 = 1.0 - self.beta1 ** self.step_count
         c2 = 1.0 - self.beta2 ** self.step_count
         adam = _kernels()["adam"]
+        tpb = config.CUDA_LAUNCH["adam"]
         for name, p in self._device_params().items():
             if name in self.frozen:
                 continue
@@ -308,7 +300,7 @@ class CudaTrainer:
             m, v = self.moments[name]
             n = p.size
             flat = [a.reshape(n) for a in (p, grads[name], m, v)]
-            adam[_grid(n, 128), 128](*flat, self.lr, self.beta1, self.beta2, c1, c2, self.eps,
+            adam[grid(n, tpb), tpb](*flat, self.lr, self.beta1, self.beta2, c1, c2, self.eps,
                                      float(low), float(high))
         for dev in self.stack.layers:
             dev.refresh()
@@ -405,12 +397,15 @@ class CudaStreamer:
                                         len_d, h, c, 0.0, store_gates=False,
                                         threads_per_block=tpb)
                 inp = fwd["h_seq"]
-                k["last_state"][(_grid(B, 16), _grid(layer.hidden_size, 16)), (16, 16)](
+                copy = config.CUDA_LAUNCH["last_state"]
+                k["last_state"][(grid(B, copy[0]), grid(layer.hidden_size, copy[1])), copy](
                     fwd["h_seq"], fwd["c_seq"], h, c)
                 self.updates[i] += int(fwd["updates"].copy_to_host().sum())
         self.events += int(lengths.sum())
         W, bias = self.stack.readout["W"], self.stack.readout["b"]
         out = cuda.device_array((B, W.shape[1]), net.dtype)
-        k["readout"][(_grid(B, 32), _grid(W.shape[1], 4)), (32, 4)](self.state[-1][0], W, bias, out)
+        tpb = config.CUDA_LAUNCH["readout"]
+        k["readout"][(grid(B, tpb[0]), grid(W.shape[1], tpb[1])), tpb](self.state[-1][0], W,
+                                                                        bias, out)
         return out.copy_to_host()
 

@@ -1,0 +1,98 @@
+"""The registry of the paper's experiments: for each, its task, conditions, protocol, a
+quick smoke version and the figures the paper reports (:class:`Experiment`,
+:data:`EXPERIMENTS`)."""
+from __future__ import annotations
+
+import dataclasses
+
+from .configs import MODELS
+
+__all__ = ["Experiment", "EXPERIMENTS"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A reproduction: the paper's protocol, its conditions, and a quick smoke version.
+
+    Attributes
+    ----------
+    name, title : str
+    task : str
+    conditions : dict
+        Condition name -> configuration overrides.
+    protocol : dict
+        The paper's protocol (``epochs``, ``n_train``, ``n_val``, ``seeds``, ...).
+    quick : dict
+        A tiny version for tests.
+    paper : dict
+        The paper's reported figures, per condition (None where it reports none).
+
+    Notes
+    -----
+    The default protocols follow the paper and the authors' public code
+    (github.com/dannyneil/public_plstm: Adam lr 1e-3, batches of 32, 5 seeds, 500
+    validation sequences; 70 epochs for the frequency task, 300 for the superimposed
+    frequencies). They take hours to days on a CPU; ``plstm-np reproduce`` shortens them
+    with its options, and ``results/README.md`` says how the published results did.
+    """
+
+    name: str
+    title: str
+    task: str
+    conditions: dict
+    protocol: dict
+    quick: dict
+    paper: dict
+
+
+_QUICK = dict(epochs=1, n_train=8, n_val=8, seeds=1, batch_size=4, hidden_size=8)
+
+EXPERIMENTS = {
+    "frequency": Experiment(
+        "frequency", "Frequency discrimination (Fig. 3d)", "frequency",
+        conditions={f"{model}-{sampling}": dict(model=model, sampling=sampling)
+                    for sampling in ("standard", "high_res", "async") for model in MODELS},
+        protocol=dict(epochs=70, n_train=10_000, n_val=500, seeds=5, lr=1e-3),
+        quick=_QUICK,
+        paper={"plstm-standard": 99.0, "plstm-high_res": 99.5, "plstm-async": 98.0,
+               "lstm-standard": 89.0, "lstm-high_res": 52.0, "lstm-async": 69.0},
+    ),
+    "superimposed": Experiment(
+        "superimposed", "Superimposed frequencies (Fig. 4a)", "superimposed",
+        conditions={m: dict(model=m, sampling="async") for m in MODELS},
+        protocol=dict(epochs=300, n_train=5_000, n_val=500, seeds=5, lr=1e-3),
+        quick=_QUICK,
+        paper={"plstm": 93.0, "lstm": "55–60"},
+    ),
+    "adding": Experiment(
+        "adding", "Adding task, tau initialisations (Fig. 4b)", "adding",
+        conditions={**{f"plstm-tau{lo}-{hi}": dict(model="plstm", tau_exp_range=[lo, hi])
+                       for lo, hi in ((0, 2), (2, 4), (4, 6), (6, 8))},
+                    "lstm": dict(model="lstm")},
+        protocol=dict(epochs=70, n_train=10_000, n_val=1_000, seeds=5, lr=1e-3),
+        quick=dict(_QUICK, n_train=4, n_val=4),
+        paper={},
+    ),
+    "nmnist": Experiment(
+        "nmnist", "N-MNIST (Table 1)", "nmnist",
+        conditions={m: dict(model=m) for m in MODELS},
+        protocol=dict(epochs=3, n_train=900, n_val=100, seeds=3, lr=1e-3, rho=0.75,
+                      test_rhos=[0.4, 0.75, 1.0]),
+        quick=dict(_QUICK, n_train=10, n_val=10, rho=0.02, test_rhos=[0.02]),
+        paper={"plstm_updates_per_neuron": 159, "lstm_updates_per_neuron": 3153},
+    ),
+    "digits": Experiment(
+        "digits", "Sequential 8x8 digits, pixel by pixel (accuracy/loss curves)", "digits",
+        conditions={m: dict(model=m) for m in MODELS},
+        protocol=dict(epochs=20, n_train=1797, n_val=1797, seeds=3, lr=1e-3),
+        quick=_QUICK,
+        paper={},
+    ),
+    "smnist": Experiment(
+        "smnist", "Sequential MNIST, pixel by pixel (accuracy/loss curves)", "smnist",
+        conditions={m: dict(model=m) for m in MODELS},
+        protocol=dict(epochs=20, n_train=9000, n_val=1000, seeds=3, lr=1e-3),
+        quick=dict(_QUICK, n_train=4, n_val=4),
+        paper={},
+    ),
+}

@@ -1,0 +1,160 @@
+"""Reports of a reproduction: aggregation over seeds (:func:`aggregate`), the results table
+as markdown (:func:`results_markdown`) and the figures (:func:`write_figures`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .configs import MODELS, TASK_SPECS
+from .registry import EXPERIMENTS
+
+__all__ = ["aggregate", "results_markdown", "write_figures"]
+
+
+def aggregate(runs):
+    """Mean and standard deviation over seeds of every scalar of the runs."""
+    agg = {}
+    for key, value in runs[0].items():
+        if key == "seed":
+            continue
+        if isinstance(value, float):
+            values = np.array([r[key] for r in runs])
+            agg[f"{key}_mean"], agg[f"{key}_std"] = float(values.mean()), float(values.std())
+        elif isinstance(value, list) and value and isinstance(value[0], float):
+            n = min(len(r[key]) for r in runs)
+            agg[f"{key}_mean"] = np.mean([r[key][:n] for r in runs], axis=0).tolist()
+    if "test" in runs[0]:
+        agg["test_mean"] = {rho: {k: float(np.mean([r["test"][rho][k] for r in runs]))
+                                  for k in runs[0]["test"][rho]} for rho in runs[0]["test"]}
+    return agg
+
+
+def _pm(mean, std, scale=1.0, digits=1):
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def results_markdown(results):
+    """The results table of :func:`reproduce` as markdown (protocol, ours, the paper)."""
+    p = results["protocol"]
+    exp = EXPERIMENTS[results["experiment"]]
+    if TASK_SPECS[exp.task].synthetic:
+        sizes = f"{p['n_train']} training sequences, {p['n_val']} validation sequences"
+    else:
+        sizes = (f"the data set's 90/10 train/validation split (at most {p['n_train']} "
+                 f"training and {p['n_val']} validation sequences)")
+    lines = [f"# {results['title']}", "",
+             f"Protocol: {p['epochs']} epochs x {sizes}, seeds {p['seeds']}, "
+             f"batch {p.get('batch_size', 32)}, "
+             f"Adam lr {p.get('lr')}, backend {results['backend']}"
+             + (" (quick smoke protocol)" if results["quick"] else "") + ".", ""]
+    conds = results["conditions"]
+    paper = results["paper"]
+    classification = any("final_val_accuracy_mean" in c for c in conds.values())
+    if classification:
+        lines += ["| condition | final val. accuracy (%) | best (%) | epoch 1 (%) | "
+                  "updates/neuron (eval) | dense | paper (%) | training time/run (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, c in conds.items():
+            ref = paper.get(name)
+            lines.append(
+                f"| {name} | {_pm(c['final_val_accuracy_mean'], c['final_val_accuracy_std'], 100)} "
+                f"| {_pm(c['best_val_accuracy_mean'], c['best_val_accuracy_std'], 100)} "
+                f"| {_pm(c['epoch1_val_accuracy_mean'], c['epoch1_val_accuracy_std'], 100)} "
+                f"| {c['updates_per_neuron_mean']:.1f} | {c['dense_updates_per_neuron_mean']:.1f} "
+                f"| {'—' if ref is None else f'≈ {ref}'} | {c['seconds_mean']:.0f} |")
+    else:
+        lines += ["| condition | final val. MSE | best val. MSE | epoch-1 val. MSE | "
+                  "updates/neuron (eval) | dense | training time/run (s) |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, c in conds.items():
+            lines.append(f"| {name} | {_pm(c['final_val_loss_mean'], c['final_val_loss_std'], 1, 4)} "
+                         f"| {_pm(c['best_val_loss_mean'], c['best_val_loss_std'], 1, 4)} "
+                         f"| {c['curve_val_loss_mean'][0]:.4f} | {c['updates_per_neuron_mean']:.1f} "
+                         f"| {c['dense_updates_per_neuron_mean']:.1f} | {c['seconds_mean']:.0f} |")
+    if any("test_mean" in c for c in conds.values()):
+        rhos = list(next(iter(conds.values()))["test_mean"])
+        lines += ["", "Test at several event rates rho (trained at rho = "
+                  f"{p.get('rho', 1.0)}), mean over seeds:", "",
+                  "| condition | " + " | ".join(f"acc. rho={r} (%)" for r in rhos)
+                  + " | updates/neuron at rho=" + rhos[-1] + " | dense |",
+                  "|---|" + "---|" * (len(rhos) + 2)]
+        for name, c in conds.items():
+            t = c["test_mean"]
+            lines.append(f"| {name} | " + " | ".join(f"{100 * t[r]['accuracy']:.1f}" for r in rhos)
+                         + f" | {t[rhos[-1]]['updates_per_neuron']:.1f} | "
+                         f"{t[rhos[-1]]['dense_updates_per_neuron']:.1f} |")
+    if paper and not classification or any(k.endswith("updates_per_neuron") for k in paper):
+        lines += ["", "Paper: " + ", ".join(f"{k} = {v}" for k, v in paper.items()) + "."]
+    lines += ["", "Updates per neuron: neuron updates actually computed per neuron and per "
+              "sequence at evaluation (alpha = 0, closed neurons skipped); 'dense' is the "
+              "number of valid steps, what an LSTM computes.", ""]
+    return "\n".join(lines)
+
+
+def write_figures(results, folder):
+    """The figures of a reproduction (PNG, matplotlib Agg); returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    conds = results["conditions"]
+    paths = []
+    classification = any("final_val_accuracy_mean" in c for c in conds.values())
+    if results["experiment"] == "frequency":
+        fig, ax = plt.subplots(figsize=(7.5, 3.5))
+        samplings = ["standard", "high_res", "async"]
+        width = 0.38
+        for k, model in enumerate(MODELS):
+            names = [f"{model}-{s}" for s in samplings]
+            means = [100 * conds[n]["final_val_accuracy_mean"] if n in conds else np.nan for n in names]
+            stds = [100 * conds[n]["final_val_accuracy_std"] if n in conds else 0 for n in names]
+            paper = [results["paper"].get(n, np.nan) for n in names]
+            xs = np.arange(3) + (k - 0.5) * width
+            ax.bar(xs, means, width, yerr=stds, label={"plstm": "Phased LSTM", "lstm": "LSTM"}[model],
+                   color=("tab:red" if model == "plstm" else "tab:blue"), capsize=3)
+            ax.scatter(xs, paper, marker="_", s=300, color="k", zorder=3,
+                       label="paper" if k == 0 else None)
+        ax.set_xticks(range(3), ["standard", "high resolution", "async"])
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_ylim(40, 100)
+        ax.axhline(50, color="grey", lw=0.5, ls=":")
+        ax.set_title("Frequency discrimination (cf. paper Fig. 3d)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+        fig.tight_layout()
+        paths.append(folder / "fig3d_bars.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    fig, axes = plt.subplots(1, 2 if classification else 1, figsize=(10 if classification else 5.5, 3.5),
+                             squeeze=False)
+    variants = list(dict.fromkeys(name.partition("-")[2] for name in conds))
+    for name, c in conds.items():
+        epochs = np.arange(1, len(c["curve_val_loss_mean"]) + 1)
+        # one colour per variant (sampling, tau range), solid Phased LSTM, dashed LSTM
+        style = dict(ls="-" if name.startswith("plstm") else "--",
+                     color=f"C{variants.index(name.partition('-')[2]) % 10}",
+                     marker="." if len(epochs) < 30 else None)
+        if classification:
+            axes[0, 0].plot(epochs, 100 * np.array(c["curve_val_accuracy_mean"]), label=name, **style)
+            axes[0, 1].plot(epochs, c["curve_val_loss_mean"], label=name, **style)
+        else:
+            axes[0, 0].plot(epochs, c["curve_val_loss_mean"], label=name, **style)
+    if classification:
+        axes[0, 0].set_ylabel("validation accuracy (%)")
+        axes[0, 1].set_ylabel("validation loss (cross-entropy)")
+    else:
+        axes[0, 0].set_ylabel("validation MSE")
+        axes[0, 0].set_yscale("log")
+    for ax in axes[0]:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{results['title']}: mean over seeds {results['protocol']['seeds']}")
+    fig.tight_layout()
+    names = {"frequency": "fig3_curves.png", "superimposed": "fig4a_curves.png",
+             "adding": "fig4b_curves.png", "nmnist": "table1_curves.png"}
+    paths.append(folder / names.get(results["experiment"], f"{results['experiment']}_curves.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths

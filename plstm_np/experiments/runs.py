@@ -1,0 +1,295 @@
+"""One training run and its evaluation: the data of a task, the paper's model for it,
+training into a run folder, and evaluating the checkpoint it leaves.
+
+- :func:`make_data`, :func:`make_val_data`: the train and validation sets of a
+  configuration, regenerated exactly from its seed.
+- :func:`resolve_backend`, :func:`build_model`: the kernels that can run here, and the
+  paper's architecture for a task (Phased LSTM or the LSTM baseline).
+- :func:`run_training`: one run (what ``plstm-np train`` does): data, model,
+  :func:`plstm_np.train`, and a run folder with ``checkpoint.npz``, ``log.json`` and
+  ``config.json``.
+- :func:`evaluate_checkpoint`: a saved run on its regenerated validation set or on
+  N-MNIST recordings (what ``plstm-np evaluate`` does).
+
+Architectures (the paper, sections 3.1-3.3):
+
+================  =======================================  =======================  ======
+task              Phased LSTM                              tau ~ exp(U(lo, hi))     loss
+================  =======================================  =======================  ======
+``frequency``     1-110-2                                  (0, 3)                   CE
+``superimposed``  1-110-2                                  (0, 3)                   CE
+``adding``        2-110-1                                  compared: (0, 2) ... (6, 8) MSE
+``nmnist``        embedding 1156x40 + polarity = 41-110-10 (1, 6)                   CE
+``multirate``     2-110-2, hand-set timing (not learned)   sensors' periods         CE
+``digits``        1-110-10 (8x8 digits, 64 steps)          (0, 3)                   CE
+``smnist``        1-110-10 (MNIST, 784 steps)              (0, 5)                   CE
+================  =======================================  =======================  ======
+
+r_on = 0.05 and the leak alpha = 1e-3 everywhere. The LSTM baseline has the same size and
+receives the timestamp as an extra input, scaled by ``time_scale`` so that it lies in about
+[0, 1]. Times are in milliseconds (see :mod:`plstm_np.tasks`).
+
+Seeds. A run's ``seed`` fixes everything: the training data (``default_rng([seed, 0])``),
+the validation data of the synthetic tasks (``default_rng([seed, 1])``), the initial
+weights (``default_rng([seed, 2])``) and the order of the mini-batches
+(``default_rng([seed, 3])``). The real data sets (N-MNIST, digits, MNIST) are split into
+train and validation once, by ``split_seed`` (default 0), the same for every seed.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..backends import BackendUnavailableError, get_backend
+from ..files import write_json_atomic
+from ..io import load_checkpoint
+from ..layers import LSTM, PhasedLSTM
+from ..network import Dense, Embedding, Network
+from ..nmnist import NUM_ADDRESSES, load_nmnist, to_dataset
+from ..optim import Adam
+from ..tasks import TASKS, multirate_timing, train_val_split
+from ..training import train
+from .configs import SAMPLED_TASKS, TASK_SPECS
+
+__all__ = ["make_data", "make_val_data", "resolve_backend", "build_model", "run_training",
+           "evaluate_checkpoint"]
+
+
+# ----------------------------------------------------------------------------- data
+
+def _subset(data, n, rng):
+    """``n`` sequences of ``data`` drawn without replacement (kept in order), or all of it."""
+    if n >= len(data):
+        return data
+    return data[np.sort(rng.choice(len(data), n, replace=False))]
+
+
+def _real_data(cfg):
+    """(train, val) of a real data set, split by ``split_seed`` and capped by n_train/n_val."""
+    task, dtype = cfg["task"], np.dtype(cfg["dtype"])
+    if task == "nmnist":
+        full = TASKS[task](rho=cfg["rho"], rng=np.random.default_rng([cfg["split_seed"], 4]),
+                           dtype=dtype)
+    else:
+        full = TASKS[task](dtype=dtype)
+    fraction = 0.1
+    train_part, val_part = train_val_split(full, fraction, rng=cfg["split_seed"])
+    return train_part, val_part
+
+
+def make_data(cfg):
+    """The training and validation sets of a run configuration.
+
+    Parameters
+    ----------
+    cfg : dict
+        From :func:`default_config` (keys ``task``, ``sampling``, ``seed``, ``n_train``,
+        ``n_val``, ``rho``, ``split_seed``, ``dtype``).
+
+    Returns
+    -------
+    train, val : Dataset
+        Synthetic tasks: ``n_train`` and ``n_val`` fresh sequences drawn from the seed.
+        Real data: a stratified 90/10 split by ``split_seed``, then at most ``n_train``
+        training sequences (drawn from the seed) and at most ``n_val`` validation
+        sequences (drawn from ``split_seed``).
+    """
+    task, seed = cfg["task"], cfg["seed"]
+    if TASK_SPECS[task].synthetic:
+        return (_generate(cfg, cfg["n_train"], np.random.default_rng([seed, 0])),
+                make_val_data(cfg))
+    train_part, val_part = _real_data(cfg)
+    return (_subset(train_part, cfg["n_train"], np.random.default_rng([seed, 0])),
+            _subset(val_part, cfg["n_val"], np.random.default_rng([cfg["split_seed"], 1])))
+
+
+def make_val_data(cfg):
+    """Only the validation set of :func:`make_data` (what ``plstm-np evaluate`` regenerates)."""
+    if TASK_SPECS[cfg["task"]].synthetic:
+        return _generate(cfg, cfg["n_val"], np.random.default_rng([cfg["seed"], 1]))
+    _, val_part = _real_data(cfg)
+    return _subset(val_part, cfg["n_val"], np.random.default_rng([cfg["split_seed"], 1]))
+
+
+def _generate(cfg, n, rng):
+    kwargs = dict(rng=rng, dtype=np.dtype(cfg["dtype"]))
+    if cfg["task"] in SAMPLED_TASKS:
+        kwargs["sampling"] = cfg["sampling"]
+    return TASKS[cfg["task"]](n, **kwargs)
+
+
+# ----------------------------------------------------------------------------- models
+
+def resolve_backend(name, *, log=print):
+    """``name`` if it can run here, else 'numpy' with a message through ``log``.
+
+    The Numba backend is tried by compiling and running one tiny forward pass (the kernels
+    are cached on disk, so this is quick after the first time).
+    """
+    if name == "numpy":
+        return name
+    try:
+        get_backend(name)
+        if name == "numba":
+            probe = Network([PhasedLSTM(1, 2, rng=0, backend="numba")], Dense(2, 2, rng=0))
+            probe.forward(np.zeros((1, 2, 1)), np.array([[0.0, 1.0]]))
+        return name
+    except (BackendUnavailableError, ImportError, Exception) as err:  # noqa: BLE001 (any compile error)
+        log(f"backend {name!r} is not usable here ({type(err).__name__}: {err}); "
+            f"falling back to the NumPy reference backend (slower)")
+        return "numpy"
+
+
+def build_model(cfg):
+    """The paper's architecture for a run configuration (see the module docstring).
+
+    Parameters
+    ----------
+    cfg : dict
+        From :func:`default_config` (keys ``task``, ``model``, ``hidden_size``,
+        ``tau_exp_range``, ``r_on``, ``seed``, ``backend``, ``dtype``).
+
+    Returns
+    -------
+    Network
+    """
+    task, spec = cfg["task"], TASK_SPECS[cfg["task"]]
+    H, dtype, backend = cfg["hidden_size"], np.dtype(cfg["dtype"]), cfg["backend"]
+    rng = np.random.default_rng([cfg["seed"], 2])
+    embedding = None
+    n_in = spec.n_inputs
+    if task == "nmnist":
+        embedding = Embedding(NUM_ADDRESSES, 40, dtype=dtype, rng=rng)
+        n_in += embedding.dim
+    if cfg["model"] == "lstm":
+        layer = LSTM(n_in, H, time_scale=spec.time_scale, dtype=dtype, backend=backend, rng=rng)
+    elif task == "multirate":
+        timing = multirate_timing(H, r_on=cfg["r_on"])
+        layer = PhasedLSTM(n_in, H, **timing, learn_tau=False, learn_s=False, dtype=dtype,
+                           backend=backend, rng=rng)
+    else:
+        layer = PhasedLSTM(n_in, H, tau_exp_range=tuple(cfg["tau_exp_range"]), r_on=cfg["r_on"],
+                           dtype=dtype, backend=backend, rng=rng)
+    return Network([layer], Dense(H, spec.n_outputs, dtype=dtype, rng=rng), embedding=embedding,
+                   loss=spec.loss)
+
+
+# ----------------------------------------------------------------------------- one run
+
+def run_training(cfg, out_dir=None, *, progress=True, overwrite=False, log=print):
+    """Train one model as configured; write the run folder if ``out_dir`` is given.
+
+    Parameters
+    ----------
+    cfg : dict
+        From :func:`default_config`.
+    out_dir : str or Path, optional
+        Receives ``config.json`` (the configuration, written first), ``log.json`` (every
+        epoch, rewritten as training goes) and ``checkpoint.npz`` (the network with the
+        lowest validation loss, its optimizer state, and the configuration in its metadata
+        so that :func:`evaluate_checkpoint` can rebuild the validation set).
+    progress : bool
+        tqdm progress bar and one line per epoch.
+    overwrite : bool
+        Replace the files of an earlier run in ``out_dir`` (otherwise FileExistsError).
+    log : callable
+        Receives the messages (e.g. a backend fallback).
+
+    Returns
+    -------
+    dict
+        ``config`` (with the backend actually used), ``history`` (one record per epoch, see
+        :func:`plstm_np.train`), ``final`` (the last epoch's validation metrics),
+        ``seconds``.
+    """
+    cfg = dict(cfg)
+    paths = {}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        paths = {k: out_dir / f"{k}.{ext}" for k, ext in
+                 (("checkpoint", "npz"), ("log", "json"), ("config", "json"))}
+        existing = [str(p) for p in paths.values() if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{', '.join(existing)} exist(s): an earlier run is there; "
+                                  f"choose another folder or pass overwrite (--overwrite)")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    cfg["backend"] = resolve_backend(cfg["backend"], log=log)
+    start = time.perf_counter()
+    train_data, val_data = make_data(cfg)
+    net = build_model(cfg)
+    optimizer = Adam(net, lr=cfg["lr"])
+    if paths:
+        write_json_atomic(paths["config"], cfg)
+    history = train(net, optimizer, train_data, val_data, epochs=cfg["epochs"],
+                    batch_size=cfg["batch_size"], rng=np.random.default_rng([cfg["seed"], 3]),
+                    max_grad_norm=cfg["max_grad_norm"], patience=cfg["patience"],
+                    checkpoint=paths.get("checkpoint"), log_path=paths.get("log"),
+                    progress=progress, max_batches=cfg["max_batches"], overwrite=overwrite,
+                    metadata={"config": cfg})
+    final = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")}
+    return dict(config=cfg, history=history, final=final, seconds=time.perf_counter() - start,
+                n_train=len(train_data), n_val=len(val_data))
+
+
+def evaluate_checkpoint(path, *, nmnist_folder=None, label_file=None, rho=None, backend=None,
+                        batch_size=256, log=print):
+    """Evaluate a checkpoint written by :func:`run_training`.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``checkpoint.npz``, or a run folder holding one.
+    nmnist_folder : str or Path, optional
+        Evaluate on these N-MNIST recordings (``.bin``/``.bs2``, labels from ``label_file``,
+        the folder's only ``.txt`` file or per-digit sub-folders) instead of the task's
+        validation set, which is otherwise regenerated from the configuration saved in the
+        checkpoint.
+    label_file : str or Path, optional
+    rho : float, optional
+        Event rate of the N-MNIST recordings (default: the run's).
+    backend : str, optional
+        Default: the run's backend when it can run here.
+    batch_size : int
+    log : callable
+
+    Returns
+    -------
+    dict
+        ``loss``, ``accuracy`` (classification), ``updates_per_neuron`` (list per layer),
+        ``dense_updates_per_neuron``, ``n`` (sequences), ``data`` (what was evaluated),
+        ``config``, ``epoch`` (the training epoch the checkpoint holds: the one with the
+        lowest validation loss).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.npz"
+    net, _, meta = load_checkpoint(path)
+    cfg = meta.get("config")
+    if cfg is None:
+        raise ValueError(f"{path} holds no run configuration in its metadata (it was not "
+                         f"written by plstm-np train); evaluate it with plstm_np.load and "
+                         f"Network.evaluate instead")
+    cfg = dict(cfg)
+    net.backend = resolve_backend(backend or cfg.get("backend", "numba"), log=log)
+    if rho is not None:
+        cfg["rho"] = float(rho)
+    if nmnist_folder is not None:
+        if cfg["task"] != "nmnist":
+            raise ValueError(f"--nmnist-folder needs an N-MNIST checkpoint; this one was "
+                             f"trained on {cfg['task']!r}")
+        recordings, labels = load_nmnist(nmnist_folder, label_file=label_file)
+        if (labels < 0).any():
+            missing = int((labels < 0).sum())
+            raise ValueError(f"{missing} recording(s) in {nmnist_folder} have no label: give "
+                             f"a label file ('<id> <label>' lines) or per-digit folders")
+        data = to_dataset(recordings, labels, rho=cfg["rho"], rng=np.random.default_rng(0),
+                          dtype=np.dtype(cfg["dtype"]))
+        source = f"{len(data)} N-MNIST recordings from {nmnist_folder}"
+    else:
+        data = make_val_data(cfg)
+        source = f"validation set of {cfg['task']} ({len(data)} sequences, seed {cfg['seed']})"
+    result = net.evaluate(data, batch_size=batch_size)
+    result.update(n=len(data), data=source, config=cfg, epoch=meta.get("epoch"))
+    return result
