@@ -209,7 +209,7 @@ def main():
         net = make_train_net(backend)
         opt = Adam(net)
 
-        def step():
+        def step(net=net, opt=opt):  # defaults bind this iteration's net and opt
             loss, grads = net.loss_and_grads(data)
             opt.step({k: v for k, v in grads.items() if k in net.params})
 
@@ -222,7 +222,8 @@ def main():
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         train[backend]["peak_bytes"] = peak
-        print(f"train {backend:6s}: {B * T / best:12,.0f} sample-steps/s  (peak {peak / 2**20:.1f} MiB)")
+        print(f"train {backend:6s}: {B * T / best:12,.0f} sample-steps/s  "
+              f"(peak {peak / 2**20:.1f} MiB)")
     # what BPTT keeps per layer, against a hand-written LSTM's i, f, g, o, c, tanh(c), h
     net = make_train_net("numba")
     _, _, cache = net.forward(data.x, data.t)
@@ -245,7 +246,7 @@ def main():
         net = make_stream_net(r_on)
         stream = Stream(net)
 
-        def run_stream():
+        def run_stream(stream=stream):  # a default binds this iteration's stream
             stream.reset()
             for lo in range(0, n_events, packet):
                 stream.push(polarity[lo:lo + packet], t_ev[lo:lo + packet], tokens[lo:lo + packet])
@@ -298,7 +299,7 @@ def main():
         net = make_train_net("numba", leak=0.0, r_on=r_on)
         opt = Adam(net)
 
-        def step():
+        def step(net=net, opt=opt):  # defaults bind this iteration's net and opt
             loss, grads = net.loss_and_grads(data)
             opt.step({k: v for k, v in grads.items() if k in net.params})
 

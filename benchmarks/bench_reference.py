@@ -17,9 +17,9 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import plstm_np as pl  # noqa: E402
+import plstm_np as pl
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -27,8 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def time_training_step(dtype, B=32, T=125, H=110, repeats=20, backend="numpy"):
     """Median seconds of one forward + backward + Adam step."""
     rng = np.random.default_rng(0)
-    net = pl.Network([pl.PhasedLSTM(1, H, dtype=dtype, rng=rng)], pl.Dense(H, 2, dtype=dtype, rng=rng),
-                     backend=backend)
+    net = pl.Network([pl.PhasedLSTM(1, H, dtype=dtype, rng=rng)],
+                     pl.Dense(H, 2, dtype=dtype, rng=rng), backend=backend)
     opt = pl.Adam(net)
     t = np.sort(rng.uniform(0, 125, (B, T)), axis=1)
     batch = pl.Dataset(rng.normal(size=(B, T, 1)).astype(dtype), t, rng.integers(0, 2, B))

@@ -10,6 +10,7 @@ Event-based Sequences", NIPS 2016. The README gives a tour; the modules read lik
 - :mod:`plstm_np.gradcheck`: gradient checking against central differences.
 - :mod:`plstm_np.io`: save and load.
 """
+from . import mnist, nmnist, tasks
 from .backends import BackendUnavailableError, get_backend
 from .dataset import Dataset
 from .gradcheck import GradCheckReport, check_gradients, numerical_gradient, relative_error
@@ -18,10 +19,9 @@ from .layers import LSTM, PhasedLSTM
 from .losses import mean_squared_error, softmax_cross_entropy
 from .network import Dense, Embedding, Network
 from .optim import Adam, clip_grad_norm
-from . import mnist, nmnist, tasks
 from .tasks import TASKS, train_val_split
-from .training import train
 from .time_gate import kink_distance, phase, time_gate, time_gate_with_grads
+from .training import train
 
 __version__ = "0.1.0"
 

@@ -71,7 +71,8 @@ def _add_run_options(p, *, reproduce=False):
     p.add_argument("--n-train", type=_positive_int, dest="n_train",
                    help="training sequences per epoch (real data: at most this many)")
     p.add_argument("--n-val", type=_positive_int, dest="n_val", help="validation sequences")
-    p.add_argument("--batch-size", type=_positive_int, dest="batch_size", help="mini-batch size (32)")
+    p.add_argument("--batch-size", type=_positive_int, dest="batch_size",
+                   help="mini-batch size (32)")
     p.add_argument("--lr", type=_positive_float, help="Adam learning rate")
     p.add_argument("--hidden", type=_positive_int, dest="hidden_size", help="hidden units (110)")
     p.add_argument("--rho", type=_rate, help="N-MNIST: probability of keeping each event")

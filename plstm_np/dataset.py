@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -36,11 +35,11 @@ class Dataset:
     >>> for batch in train.batches(32, rng=0): ...
     """
 
-    x: Optional[np.ndarray]
+    x: np.ndarray | None
     t: np.ndarray
     y: np.ndarray
-    lengths: Optional[np.ndarray] = None
-    tokens: Optional[np.ndarray] = None
+    lengths: np.ndarray | None = None
+    tokens: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.t)

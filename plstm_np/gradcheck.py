@@ -56,7 +56,8 @@ def numerical_gradient(f, array, eps=1e-4):
             flat[idx] = old + step
             values.append(f())
         flat[idx] = old
-        grad.reshape(-1)[idx] = (-values[0] + 8.0 * values[1] - 8.0 * values[2] + values[3]) / (12.0 * eps)
+        grad.reshape(-1)[idx] = ((-values[0] + 8.0 * values[1] - 8.0 * values[2] + values[3])
+                                 / (12.0 * eps))
     return grad
 
 

@@ -141,9 +141,11 @@ def load_checkpoint(path):
     optimizer = None
     if meta["optimizer"] is not None:
         o = meta["optimizer"]
-        optimizer = Adam(net, frozen=o["frozen"], bounds={k: tuple(v) for k, v in o["bounds"].items()})
+        optimizer = Adam(net, frozen=o["frozen"],
+                         bounds={k: tuple(v) for k, v in o["bounds"].items()})
         optimizer.load_state_dict(dict(
-            o, m={n: arrays[f"adam_m/{n}"] for n in params}, v={n: arrays[f"adam_v/{n}"] for n in params}))
+            o, m={n: arrays[f"adam_m/{n}"] for n in params},
+            v={n: arrays[f"adam_v/{n}"] for n in params}))
     return net, optimizer, meta["metadata"]
 
 

@@ -6,7 +6,8 @@ and ``backward(dh, cache, dstate)`` returns the gradients, as in a hand-written 
 
     layer = PhasedLSTM(1, 110, rng=0)
     h, (h_T, c_T), cache = layer.forward(x, t, lengths)
-    grads = layer.backward(dh, cache)          # dict: Wx, Wh, b, w_ci, w_cf, w_co, tau, s, r_on, x, h0, c0
+    # dict: Wx, Wh, b, w_ci, w_cf, w_co, tau, s, r_on, x, h0, c0
+    grads = layer.backward(dh, cache)
 """
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import numpy as np
 
 from .backends import check_backend, get_backend
 from .optim import R_ON_MIN, TAU_MIN
-from .validation import (as_rng, check_dtype, check_positive_int, check_sequence_inputs,
-                         check_state)
+from .validation import as_rng, check_dtype, check_positive_int, check_sequence_inputs, check_state
 
 __all__ = ["PhasedLSTM", "LSTM"]
 
@@ -32,7 +32,8 @@ def _per_neuron(value, H, name, dtype):
         if value.dtype.kind != "f":
             raise TypeError(f"{name} must be a float array, got dtype {value.dtype}")
         return value.astype(dtype)
-    raise TypeError(f"{name} must be a scalar or a numpy array of shape ({H},), got {type(value).__name__}")
+    raise TypeError(f"{name} must be a scalar or a numpy array of shape ({H},), "
+                    f"got {type(value).__name__}")
 
 
 def _check_timing(tau, r_on):
@@ -88,8 +89,8 @@ class PhasedLSTM:
 
     def __init__(self, input_size, hidden_size, *, tau_exp_range=(0.0, 3.0), tau=None, s=None,
                  r_on=0.05, leak=1e-3, learn_tau=True, learn_s=True, learn_r_on=False,
-                 tau_min=TAU_MIN, r_on_min=R_ON_MIN, init_std=0.1, dtype=np.float64, backend="numpy",
-                 rng=None):
+                 tau_min=TAU_MIN, r_on_min=R_ON_MIN, init_std=0.1, dtype=np.float64,
+                 backend="numpy", rng=None):
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = H = check_positive_int(hidden_size, "hidden_size")
         self.dtype = check_dtype(dtype)
@@ -98,7 +99,8 @@ class PhasedLSTM:
         if not (np.isfinite(self.leak) and 0.0 <= self.leak < 1.0):
             raise ValueError(f"leak must lie in [0, 1), got {leak}")
         if not (tau_min > 0 and 0 < r_on_min <= 1):
-            raise ValueError(f"tau_min must be > 0 and r_on_min in (0, 1], got {tau_min}, {r_on_min}")
+            raise ValueError(f"tau_min must be > 0 and r_on_min in (0, 1], "
+                             f"got {tau_min}, {r_on_min}")
         self.tau_min, self.r_on_min = float(tau_min), float(r_on_min)
         self.init_std = float(init_std)
         rng = as_rng(rng)
@@ -106,7 +108,8 @@ class PhasedLSTM:
         if not self.gate_open:
             lo, hi = tau_exp_range
             if not lo <= hi:
-                raise ValueError(f"tau_exp_range must be (low, high) with low <= high, got {tau_exp_range}")
+                raise ValueError(f"tau_exp_range must be (low, high) with low <= high, "
+                                 f"got {tau_exp_range}")
             tau = np.exp(rng.uniform(lo, hi, H)) if tau is None else tau
             tau = _per_neuron(tau, H, "tau", np.float64)
             r_on = _per_neuron(r_on, H, "r_on", np.float64)

@@ -28,9 +28,18 @@ from .layers import PhasedLSTM
 from .losses import LOSSES
 from .streaming import Stream
 from .time_gate import kink_distance
-from .validation import (as_rng, check_array, check_dtype, check_finite, check_lengths,
-                         check_positive_int, check_sequence_inputs, check_state,
-                         check_timestamps, valid_steps)
+from .validation import (
+    as_rng,
+    check_array,
+    check_dtype,
+    check_finite,
+    check_lengths,
+    check_positive_int,
+    check_sequence_inputs,
+    check_state,
+    check_timestamps,
+    valid_steps,
+)
 
 __all__ = ["Dense", "Embedding", "Network", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
@@ -107,7 +116,8 @@ class Embedding:
         self.dim = check_positive_int(dim, "dim")
         self.dtype = check_dtype(dtype)
         self.init_std = float(init_std)
-        self.params = {"E": as_rng(rng).normal(0.0, init_std, (num_embeddings, dim)).astype(self.dtype)}
+        self.params = {"E": as_rng(rng).normal(0.0, init_std,
+                                               (num_embeddings, dim)).astype(self.dtype)}
 
     def forward(self, tokens):
         """Rows of ``E`` for each token: (..., dim)."""
@@ -159,7 +169,8 @@ class Network:
         if not isinstance(readout, Dense):
             raise TypeError(f"readout must be a Dense layer, got {type(readout).__name__}")
         if embedding is not None and not isinstance(embedding, Embedding):
-            raise TypeError(f"embedding must be an Embedding or None, got {type(embedding).__name__}")
+            raise TypeError(f"embedding must be an Embedding or None, "
+                            f"got {type(embedding).__name__}")
         if readout_at not in ("last", "every"):
             raise ValueError(f"readout_at must be 'last' or 'every', got {readout_at!r}")
         if loss not in LOSSES:
@@ -277,7 +288,8 @@ class Network:
             check_finite(t, "t", valid)
         else:
             if x is None:
-                raise ValueError(f"x is required: the network takes {self.n_features} input features")
+                raise ValueError(f"x is required: the network takes {self.n_features} "
+                                 f"input features")
             x, t, lengths = check_sequence_inputs(x, t, lengths, input_size=self.n_features,
                                                   dtype=self.dtype)
             B, T = t.shape
@@ -578,4 +590,5 @@ class Network:
 
     def __repr__(self):
         parts = ", ".join(repr(layer) for layer in self.layers)
-        return f"Network([{parts}], readout={self.readout.output_size}, readout_at={self.readout_at!r})"
+        return (f"Network([{parts}], readout={self.readout.output_size}, "
+                f"readout_at={self.readout_at!r})")

@@ -70,10 +70,12 @@ class Adam:
             frozen = model.frozen if frozen is None else frozen
             bounds = model.bounds if bounds is None else bounds
         if not isinstance(params, dict):
-            raise TypeError(f"params must be a dict of arrays or a model, got {type(params).__name__}")
+            raise TypeError(f"params must be a dict of arrays or a model, "
+                            f"got {type(params).__name__}")
         check_adam_hyperparameters(lr, beta1, beta2, eps)
         self.params = params
-        self.lr, self.beta1, self.beta2, self.eps = float(lr), float(beta1), float(beta2), float(eps)
+        self.lr, self.beta1, self.beta2, self.eps = (float(lr), float(beta1), float(beta2),
+                                                     float(eps))
         self.frozen = set(frozen or ())
         unknown = self.frozen - set(params)
         if unknown:

@@ -78,7 +78,8 @@ class Stream:
             self.network = model
             self.layers = list(model.layers)
         else:
-            raise TypeError(f"model must be a Network or a PhasedLSTM/LSTM layer, got {type(model).__name__}")
+            raise TypeError(f"model must be a Network or a PhasedLSTM/LSTM layer, "
+                            f"got {type(model).__name__}")
         self.batch = check_positive_int(batch, "batch")
         self.dtype = self.layers[0].dtype
         self._kernels = get_backend("numba")
@@ -124,26 +125,30 @@ class Stream:
     def _canonical(self, x, t, tokens, lengths):
         """Inputs as (batch, n, ...) arrays, and how to shape the outputs back."""
         B = self.batch
-        n_features = self.network.n_features if self.network is not None else self.layers[0].input_size
+        n_features = (self.network.n_features if self.network is not None
+                      else self.layers[0].input_size)
         t_arr = np.asarray(t, dtype=np.float64) if isinstance(t, numbers.Real) else t
         if not isinstance(t_arr, np.ndarray):
             raise TypeError(f"t must be a float or a numpy.ndarray, got {type(t).__name__}")
         if t_arr.dtype != np.float64:
-            raise TypeError(f"t must have dtype float64 (the phase needs float64 resolution), got {t_arr.dtype}")
+            raise TypeError(f"t must have dtype float64 (the phase needs float64 resolution), "
+                            f"got {t_arr.dtype}")
         if B == 1 and t_arr.ndim == 0:
             expand, out_shape = (1, 1), ()
         elif B == 1 and t_arr.ndim == 1:
             expand, out_shape = (1, t_arr.shape[0]), (t_arr.shape[0],)
         elif B > 1 and t_arr.ndim == 1:
             if t_arr.shape[0] != B:
-                raise ValueError(f"t must have shape ({B},) or ({B}, n) for {B} streams, got {t_arr.shape}")
+                raise ValueError(f"t must have shape ({B},) or ({B}, n) for {B} streams, "
+                                 f"got {t_arr.shape}")
             expand, out_shape = (B, 1), (B,)
         elif t_arr.ndim == 2:
             if t_arr.shape[0] != B:
                 raise ValueError(f"t must have shape ({B}, n) for {B} streams, got {t_arr.shape}")
             expand, out_shape = t_arr.shape, t_arr.shape
         else:
-            raise ValueError(f"t has shape {t_arr.shape}; see Stream's notes for the accepted shapes")
+            raise ValueError(f"t has shape {t_arr.shape}; "
+                             f"see Stream's notes for the accepted shapes")
         if lengths is not None and len(out_shape) != 2:
             raise ValueError("lengths is only accepted with packets of shape (batch, n)")
         t3 = np.ascontiguousarray(t_arr.reshape(expand))
@@ -159,9 +164,11 @@ class Stream:
         if tokens is not None:
             tok = np.asarray(tokens) if isinstance(tokens, numbers.Integral) else tokens
             if not isinstance(tok, np.ndarray):
-                raise TypeError(f"tokens must be an int or a numpy.ndarray, got {type(tokens).__name__}")
+                raise TypeError(f"tokens must be an int or a numpy.ndarray, "
+                                f"got {type(tokens).__name__}")
             if tok.shape != tuple(out_shape):
-                raise ValueError(f"tokens must have shape {tuple(out_shape)} to match t, got {tok.shape}")
+                raise ValueError(f"tokens must have shape {tuple(out_shape)} to match t, "
+                                 f"got {tok.shape}")
             tok3 = tok.reshape(expand)
         return x3, t3, tok3, lengths, out_shape
 
@@ -222,4 +229,5 @@ class Stream:
         return out.reshape(tuple(out_shape) + (out.shape[-1],))
 
     def __repr__(self):
-        return f"Stream(batch={self.batch}, layers={len(self.layers)}, events={self.events.tolist()})"
+        return (f"Stream(batch={self.batch}, layers={len(self.layers)}, "
+                f"events={self.events.tolist()})")

@@ -120,7 +120,7 @@ def _sample_times(rng, n, sampling, duration_range, window, num_points_range):
 
 
 def _mask_padding(x, lengths):
-    x[np.arange(x.shape[1])[None, :] >= lengths[:, None]] = 0
+    x[~valid_steps(lengths, x.shape[1])] = 0
     return x
 
 
@@ -285,7 +285,8 @@ def adding_task(n, *, rng=None, dtype=np.float64, length_range=(490, 510),
     n, dtype, rng = check_positive_int(n, "n"), check_dtype(dtype), as_rng(rng)
     l_lo, l_hi = _check_range(length_range, "length_range", integer=True)
     if l_lo < 10:
-        raise ValueError(f"length_range must start at >= 10 (a first 10% to mark), got {length_range}")
+        raise ValueError(f"length_range must start at >= 10 (a first 10% to mark), "
+                         f"got {length_range}")
     v_lo, v_hi = _check_range(value_range, "value_range")
     lengths = rng.integers(l_lo, l_hi + 1, n).astype(np.int64)
     T = int(lengths.max())
@@ -383,7 +384,8 @@ def multirate_fusion(n, *, rng=None, dtype=np.float64, duration=1000.0, rates=(2
     g_lo, g_hi = _check_range(gain_range, "gain_range")
     slow, fast = _stream_times(float(duration), rates, offsets)
     if np.intersect1d(slow, fast).size:
-        raise ValueError(f"the two streams share sample times; choose offsets {offsets!r} so they never coincide")
+        raise ValueError(f"the two streams share sample times; choose offsets {offsets!r} "
+                         f"so they never coincide")
     times = np.concatenate([slow, fast])
     stream = np.repeat([0, 1], [len(slow), len(fast)])
     order = np.argsort(times, kind="stable")

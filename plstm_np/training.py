@@ -21,8 +21,8 @@ __all__ = ["train"]
 
 
 def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32, rng=None,
-          max_grad_norm=None, patience=None, min_delta=0.0, checkpoint=None, log_path=None, progress=True,
-          eval_batch_size=256, max_batches=None, overwrite=False, metadata=None):
+          max_grad_norm=None, patience=None, min_delta=0.0, checkpoint=None, log_path=None,
+          progress=True, eval_batch_size=256, max_batches=None, overwrite=False, metadata=None):
     """Train ``net`` with ``optimizer`` and return the per-epoch history.
 
     Parameters

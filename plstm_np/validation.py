@@ -28,7 +28,8 @@ def as_rng(rng):
         return rng
     if rng is None or isinstance(rng, numbers.Integral):
         return np.random.default_rng(rng)
-    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, "
+                    f"got {type(rng).__name__}")
 
 
 def check_dtype(dtype, name="dtype"):
@@ -140,7 +141,8 @@ def check_lengths(lengths, B, T):
     lengths = check_array(lengths, "lengths", shape=(B,), kind="iu")
     if B and (lengths.min() < 0 or lengths.max() > T):
         bad = int(np.argmax((lengths < 0) | (lengths > T)))
-        raise ValueError(f"lengths must lie in [0, {T}] (T = x.shape[1]), got lengths[{bad}] = {lengths[bad]}")
+        raise ValueError(f"lengths must lie in [0, {T}] (T = x.shape[1]), "
+                         f"got lengths[{bad}] = {lengths[bad]}")
     return lengths.astype(np.int64)
 
 

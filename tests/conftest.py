@@ -12,17 +12,17 @@ import os
 # The tests multiply tiny matrices: BLAS threads only contend on a 2-core machine.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from plstm_np.backends import nvidia_gpu_listed  # noqa: E402  (imports no numba)
+from plstm_np.backends import nvidia_gpu_listed  # imports no numba
 
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not nvidia_gpu_listed():
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-import plstm_np as pl  # noqa: E402
-from plstm_np import config  # noqa: E402
-from plstm_np.time_gate import kink_distance  # noqa: E402
+import plstm_np as pl
+from plstm_np import config
+from plstm_np.time_gate import kink_distance
 
 #: Every backend: the NumPy reference first, then the fast paths.
 BACKENDS = ("numpy", "numba", "cuda")
@@ -162,7 +162,8 @@ def randomize(model, rng, scale=0.7, r_on_range=(0.2, 0.9)):
 def timing_of(model):
     """(tau, s, r_on) of every Phased LSTM layer of a layer or network."""
     layers = model.layers if hasattr(model, "layers") else [model]
-    return [(p["tau"], p["s"], p["r_on"]) for p in (l.params for l in layers if not l.gate_open)]
+    return [(p["tau"], p["s"], p["r_on"])
+            for p in (layer.params for layer in layers if not layer.gate_open)]
 
 
 def times_off_kinks(model, rng, B, T, t_max=20.0, margin=0.02):

@@ -110,7 +110,8 @@ def test_evaluate_on_a_folder_of_nmnist_recordings(tmp_path, capsys, layout):
     data = to_dataset(recordings, labels)
     direct = pl.load(out / "checkpoint.npz").evaluate(data)
     assert result["accuracy"] == direct["accuracy"]
-    assert result["dense_updates_per_neuron"] == pytest.approx(np.mean([len(r) for r in recordings]))
+    assert result["dense_updates_per_neuron"] == pytest.approx(
+        np.mean([len(r) for r in recordings]))
     assert 0 < result["updates_per_neuron"][0] < result["dense_updates_per_neuron"]
 
 
@@ -199,5 +200,6 @@ def test_reproduce_refuses_to_mix_runs_of_another_configuration(tmp_path, capsys
     code, _, err = run(argv + ["--lr", "0.5"], capsys)
     assert code == 2 and "another configuration" in err and "lr" in err
     assert run(argv + ["--lr", "0.5", "--overwrite"], capsys)[0] == 0
-    saved = json.loads((tmp_path / "digits" / "runs" / "plstm" / "seed0" / "config.json").read_text())
+    saved = json.loads(
+        (tmp_path / "digits" / "runs" / "plstm" / "seed0" / "config.json").read_text())
     assert saved["lr"] == 0.5

@@ -24,8 +24,15 @@ from plstm_np.backends.cuda.training import CudaStreamer, CudaTrainer
 from plstm_np.gradcheck import relative_error
 from plstm_np.time_gate import time_gate
 
-from conftest import (assert_close, make_batch, make_network, random_lengths, randomize,
-                      small_cuda_launches, tolerance)
+from conftest import (
+    assert_close,
+    make_batch,
+    make_network,
+    random_lengths,
+    randomize,
+    small_cuda_launches,
+    tolerance,
+)
 
 # No skip: without a GPU the simulator must work (conftest.py selects it), so an unavailable
 # backend is a failure here (BackendUnavailableError at import), never a silently untested one.

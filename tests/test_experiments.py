@@ -112,7 +112,10 @@ def test_real_data_split_is_fixed_and_disjoint():
     train5, val5 = ex.make_data(dict(cfg, seed=5, n_train=100))
     np.testing.assert_array_equal(val.x, val5.x)     # same validation set for every seed
     assert len(train5) == 100
-    flat = lambda d: {row.tobytes() for row in d.x[:, :, 0]}
+
+    def flat(d):
+        return {row.tobytes() for row in d.x[:, :, 0]}
+
     images = pl.mnist.load_digits()[0].reshape(-1, 64)
     assert len({r.tobytes() for r in images}) == len(images)  # no duplicate images ...
     assert not flat(train) & flat(val)                         # ... so disjoint means disjoint

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import plstm_np as pl
+
 from conftest import make_batch, make_network, random_lengths, randomize, times_off_kinks
 
 TOLERANCE = 1e-6

@@ -143,7 +143,8 @@ def test_user_folder_with_and_without_labels(tmp_path):
         shutil.copy(SMALL / f"{i}.bs2", tmp_path / f"{i}.bs2")
     recordings, labels = nmnist.load_nmnist(tmp_path)
     assert labels.tolist() == [-1, -1, -1]
-    assert [len(r) for r in recordings] == [(SMALL / f"{i}.bs2").stat().st_size // 5 for i in (3, 7, 10)]
+    assert [len(r) for r in recordings] == [(SMALL / f"{i}.bs2").stat().st_size // 5
+                                            for i in (3, 7, 10)]
     (tmp_path / "labels.txt").write_text("#sample #class\n3\t1\n7\t9\n")
     _, labels = nmnist.load_nmnist(tmp_path)
     assert labels.tolist() == [1, 9, -1]          # the user's file wins, id 10 is unlisted
@@ -160,7 +161,7 @@ def test_original_layout_digit_folders(tmp_path):
 def test_bad_folders(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         nmnist.load_nmnist(tmp_path / "missing")
-    with pytest.raises(ValueError, match="no .bin or .bs2"):
+    with pytest.raises(ValueError, match=r"no \.bin or \.bs2"):
         nmnist.load_nmnist(tmp_path)
     (tmp_path / "lab.txt").write_text("1 x\n")
     shutil.copy(SMALL / "1.bs2", tmp_path / "1.bs2")
@@ -168,7 +169,7 @@ def test_bad_folders(tmp_path):
         nmnist.load_nmnist(tmp_path)
 
 
-# ----------------------------------------------------------------------------- split, subsample, encode
+# ----------------------------------------------------------------------- split, subsample, encode
 
 def test_stratified_split(shipped):
     _, labels = shipped

@@ -4,16 +4,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
 import plstm_np as pl
 from plstm_np import config, reference
-from plstm_np.time_gate import phase
-
 from plstm_np.backends import numba as nb
-from plstm_np.backends.numba import (backward, cell_math, compile, forward, intrinsics, layouts,
-                                     workspace)
+from plstm_np.backends.numba import (
+    backward,
+    cell_math,
+    compile,
+    forward,
+    intrinsics,
+    layouts,
+    workspace,
+)
+from plstm_np.time_gate import phase
 
 from conftest import make_batch, make_network
 
@@ -131,7 +138,7 @@ def test_reused_arrays_never_change_what_a_caller_holds():
     rng = np.random.default_rng(12)
     params, x, t, lengths, h0, c0 = random_layer_problem(rng, np.float64, B=4, T=8, H=6)
     h_a, _, cache_a = nb.layer_forward(params, x, t, lengths, h0, c0, 1e-3)
-    kept_h, kept_i = h_a.copy(), cache_a["i"].copy()
+    kept_h, kept_i = h_a.copy(), cache_a["stored"].i.copy()
     dh = rng.normal(size=h_a.shape)
     expected = nb.layer_backward(dh, None, cache_a)
     x_b = rng.normal(size=x.shape)
@@ -140,9 +147,9 @@ def test_reused_arrays_never_change_what_a_caller_holds():
     _, _, cache_e = nb.layer_forward(params, x_b, t, lengths, h0, c0, 0.0)
     nb.layer_backward(dh, None, cache_e)  # its rerun forward stores into a reused block
     assert h_b is not h_a and not np.shares_memory(h_b, h_a)
-    assert not np.shares_memory(cache_b["i"], cache_a["i"])
+    assert not np.shares_memory(cache_b["stored"].i, cache_a["stored"].i)
     np.testing.assert_array_equal(h_a, kept_h)
-    np.testing.assert_array_equal(cache_a["i"], kept_i)
+    np.testing.assert_array_equal(cache_a["stored"].i, kept_i)
     again = nb.layer_backward(dh, None, cache_a)
     for name in expected:
         np.testing.assert_array_equal(again[name], expected[name], err_msg=name)
@@ -153,11 +160,11 @@ def test_arrays_nobody_holds_are_reused():
     params, x, t, lengths, h0, c0 = random_layer_problem(rng, np.float32, B=4, T=8, H=6)
     nb.clear_workspace()
     h, _, cache = nb.layer_forward(params, x, t, lengths, h0, c0, 1e-3)
-    address = (h.ctypes.data, cache["i"].ctypes.data)
+    address = (h.ctypes.data, cache["stored"].i.ctypes.data)
     first = h.copy()
     del h, cache
     h, _, cache = nb.layer_forward(params, x, t, lengths, h0, c0, 1e-3)
-    assert (h.ctypes.data, cache["i"].ctypes.data) == address
+    assert (h.ctypes.data, cache["stored"].i.ctypes.data) == address
     np.testing.assert_array_equal(h, first)  # and the results are the same
 
 
@@ -197,7 +204,7 @@ def test_layouts_reused_only_for_unchanged_parameters():
 
 
 def test_workspace_keeps_no_large_arrays(monkeypatch):
-    monkeypatch.setattr(nb, "_POOL_MAX_BYTES", 1000)
+    monkeypatch.setattr(workspace, "_POOL_MAX_BYTES", 1000)
     nb.clear_workspace()
     small = workspace.reusable("test", (10, 10), np.float64)  # 800 bytes: kept
     large = workspace.reusable("test", (10, 20), np.float64)  # 1600 bytes: not kept
@@ -346,6 +353,10 @@ def _run(code):
     return result.stdout
 
 
+JIT_ONLY = pytest.mark.skipif(compile.PLAIN_PYTHON, reason="plain-Python mode compiles nothing")
+
+
+@JIT_ONLY
 def test_import_compiles_nothing():
     out = _run(
         "import plstm_np, sys\n"
@@ -360,6 +371,7 @@ def test_import_compiles_nothing():
 
 @pytest.mark.skipif(not (config.NUMBA_CACHE and not config.NUMBA_FASTMATH),
                     reason="disk cache switched off")
+@JIT_ONLY
 def test_fresh_process_loads_kernels_from_cache():
     # every kernel runs: dense forward and backward (training), the sparse forward, parallel
     # (B > 1) and serial (B = 1), and the sparse backward (after a leak-free forward)
@@ -385,6 +397,7 @@ def test_fresh_process_loads_kernels_from_cache():
     assert misses == 0 and hits == 5
 
 
+@JIT_ONLY
 def test_cache_stamp_covers_every_source_the_kernels_are_built_from(tmp_path):
     # Numba's own stamp covers a kernel's file only: an edit of the cell maths a kernel
     # inlines from another module must recompile it
@@ -484,11 +497,9 @@ def test_blas_single_threaded_while_dense_kernels_run_and_restored_after():
         set_(before)
 
 
+@JIT_ONLY
 def test_python_twins_of_the_intrinsics_agree_with_them():
     # plain-Python mode (NUMBA_DISABLE_JIT=1) runs the kernels on these twins
-    if compile.PLAIN_PYTHON:
-        pytest.skip("the intrinsics themselves cannot run in plain-Python mode")
-    import numba
 
     rng = np.random.default_rng(5)
     a, b, c = rng.normal(size=(3, 200)) * 10.0 ** rng.integers(-8, 8, (3, 200))

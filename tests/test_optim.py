@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import plstm_np as pl
+
 from conftest import make_batch, make_network
 
 

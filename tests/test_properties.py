@@ -6,12 +6,23 @@ small. The backend properties compare a backend with itself run another way (in 
 permuted), with the tolerances of ``conftest.TOLERANCES``; the NumPy reference is held to
 bitwise equality where it was before. CUDA problems are tiny: the simulator is slow.
 """
+import itertools
+
 import numpy as np
 import pytest
 
 import plstm_np as pl
-from conftest import (BACKENDS, assert_close, assert_unchanged, make_batch, make_network,
-                      random_layer_problem, randomize, snapshot)
+
+from conftest import (
+    BACKENDS,
+    assert_close,
+    assert_unchanged,
+    make_batch,
+    make_network,
+    random_layer_problem,
+    randomize,
+    snapshot,
+)
 
 EXACT = 1e-12
 
@@ -40,13 +51,13 @@ def assert_same(actual, expected, backend, dtype, what=""):
 def run_in_chunks(layer, x, t, lengths, dh, bounds, training=True):
     """Forward chunk by chunk carrying (h, c); backward in reverse carrying (dh0, dc0)."""
     state, outs, caches = None, [], []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         chunk_lengths = np.clip(lengths - a, 0, b - a)
         h, state, cache = layer.forward(x[:, a:b], t[:, a:b], chunk_lengths, state, training)
         outs.append(h)
         caches.append(cache)
     grads, dstate = {}, None
-    for (a, b), cache in reversed(list(zip(zip(bounds[:-1], bounds[1:]), caches))):
+    for (a, b), cache in reversed(list(zip(itertools.pairwise(bounds), caches))):
         g = layer.backward(dh[:, a:b], cache, dstate)
         dstate = (g.pop("h0"), g.pop("c0"))
         g.pop("x")
@@ -281,5 +292,6 @@ def test_leak_is_a_switch_not_two_models(rng):
     h_train, _, _ = layer.forward(x, t, training=True)
     h_eval, _, cache = layer.forward(x, t, training=False)
     assert np.abs(h_train - h_eval).max() > 1e-6
-    k = pl.time_gate(t[:, :, None], layer.params["tau"], layer.params["s"], layer.params["r_on"], 0.0)
+    k = pl.time_gate(t[:, :, None], layer.params["tau"], layer.params["s"], layer.params["r_on"],
+                     0.0)
     np.testing.assert_array_equal(cache["k"], k)  # evaluation: alpha = 0

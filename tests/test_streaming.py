@@ -1,4 +1,6 @@
 """Streaming inference equals running the recorded sequence whole."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -28,7 +30,7 @@ def chunks(T, sizes, rng):
     while j < T:
         j = min(T, j + (int(rng.integers(1, 6)) if sizes == "random" else sizes))
         edges.append(j)
-    return list(zip(edges[:-1], edges[1:]))
+    return list(itertools.pairwise(edges))
 
 
 @pytest.mark.parametrize("chunk", [1, 3, "random"])
@@ -89,7 +91,8 @@ def test_streams_with_ragged_packets():
     rest_k = np.zeros_like(tokens)
     for b in range(B):
         n = T - first[b]
-        rest_x[b, :n], rest_t[b, :n], rest_k[b, :n] = x[b, first[b]:], t[b, first[b]:], tokens[b, first[b]:]
+        rest_x[b, :n], rest_t[b, :n], rest_k[b, :n] = (x[b, first[b]:], t[b, first[b]:],
+                                                       tokens[b, first[b]:])
     out = stream.push(rest_x, rest_t, rest_k, lengths=T - first)
     last = out[np.arange(B), T - first - 1]
     assert rel(last, whole) <= STREAM_RTOL

@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from plstm_np import Dataset
-from plstm_np import tasks
+from plstm_np import Dataset, tasks
 from plstm_np.time_gate import time_gate
 
 
@@ -21,11 +20,13 @@ def check_layout(data, n, D, dtype):
     assert data.lengths.dtype == np.int64 and data.lengths.shape == (n,)
     assert data.lengths.min() >= 1 and data.lengths.max() == T
     assert np.all(np.isfinite(data.t)) and np.all(np.isfinite(data.x))
-    assert np.all(np.diff(data.t, axis=1) >= 0), "timestamps must be non-decreasing, padding included"
+    assert np.all(np.diff(data.t, axis=1) >= 0), ("timestamps must be non-decreasing, "
+                                                  "padding included")
     valid = valid_mask(data)
     assert np.all(data.x[~valid] == 0), "padding of x must be 0"
     last = data.t[np.arange(n), data.lengths - 1]
-    assert np.all(data.t == np.where(valid, data.t, last[:, None])), "padding of t = last valid time"
+    assert np.all(data.t == np.where(valid, data.t, last[:, None])), ("padding of t = "
+                                                                      "last valid time")
 
 
 # ----------------------------------------------------------------------------- frequency task
@@ -133,7 +134,7 @@ def test_frequency_bad_input():
         tasks.frequency_discrimination(10, dtype=np.int32)
     with pytest.raises(TypeError, match="rng"):
         tasks.frequency_discrimination(10, rng="seed")
-    with pytest.raises(ValueError, match="target_range|period_range"):
+    with pytest.raises(ValueError, match=r"target_range|period_range"):
         tasks.frequency_discrimination(10, target_range=(50, 200))
     with pytest.raises(ValueError, match="duration_range"):
         tasks.frequency_discrimination(10, duration_range=(15, 200))

@@ -67,10 +67,14 @@ def test_derivatives_match_central_differences(rng):
     def fd(f):
         return (f(eps) - f(-eps)) / (2 * eps)
 
-    np.testing.assert_allclose(g.dk_dt, fd(lambda e: time_gate(t + e, tau, s, r_on, 0.01)), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(g.dk_dtau, fd(lambda e: time_gate(t, tau + e, s, r_on, 0.01)), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(g.dk_ds, fd(lambda e: time_gate(t, tau, s + e, r_on, 0.01)), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(g.dk_dr_on, fd(lambda e: time_gate(t, tau, s, r_on + e, 0.01)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g.dk_dt, fd(lambda e: time_gate(t + e, tau, s, r_on, 0.01)),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g.dk_dtau, fd(lambda e: time_gate(t, tau + e, s, r_on, 0.01)),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g.dk_ds, fd(lambda e: time_gate(t, tau, s + e, r_on, 0.01)),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g.dk_dr_on, fd(lambda e: time_gate(t, tau, s, r_on + e, 0.01)),
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_kink_distance():
@@ -87,8 +91,10 @@ def test_scalar_helpers_equal_vectorised(rng):
     for idx in range(n):
         phi = scalar_math.phase(t[idx], tau[idx], s[idx])
         assert phi == phase(t[idx], tau[idx], s[idx])
-        assert scalar_math.gate_openness(phi, r_on[idx], 0.02) == pytest.approx(g.k[idx], rel=1e-14, abs=1e-15)
+        assert scalar_math.gate_openness(phi, r_on[idx], 0.02) == pytest.approx(g.k[idx], rel=1e-14,
+                                                                                abs=1e-15)
         dk_dphi = scalar_math.gate_dk_dphi(phi, r_on[idx], 0.02)
         assert dk_dphi / tau[idx] == pytest.approx(g.dk_dt[idx], rel=1e-14)
-        assert scalar_math.gate_dk_dr_on(phi, r_on[idx]) == pytest.approx(g.dk_dr_on[idx], rel=1e-14, abs=1e-15)
+        assert scalar_math.gate_dk_dr_on(phi, r_on[idx]) == pytest.approx(g.dk_dr_on[idx],
+                                                                          rel=1e-14, abs=1e-15)
     assert scalar_math.sigmoid(-800.0) == 0.0 and scalar_math.sigmoid(800.0) == 1.0

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import plstm_np as pl
+
 from conftest import make_batch, make_network
 
 
@@ -99,9 +100,10 @@ def test_bad_sizes(size):
 
 def test_network_structure_errors():
     a, b = pl.PhasedLSTM(2, 3, rng=0), pl.PhasedLSTM(4, 3, rng=0)
-    with pytest.raises(ValueError, match=r"layer1.input_size \(4\) must equal layer0.hidden_size \(3\)"):
+    with pytest.raises(ValueError,
+                       match=r"layer1.input_size \(4\) must equal layer0.hidden_size \(3\)"):
         pl.Network([a, b], pl.Dense(3, 2))
-    with pytest.raises(ValueError, match="readout.input_size"):
+    with pytest.raises(ValueError, match=r"readout\.input_size"):
         pl.Network([a], pl.Dense(5, 2))
     with pytest.raises(TypeError, match="dtype"):
         pl.Network([a], pl.Dense(3, 2, dtype=np.float32))

@@ -119,7 +119,8 @@ def default_config(task="frequency", **overrides):
     if cfg["model"] not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {cfg['model']!r}")
     if task in SAMPLED_TASKS and cfg["sampling"] not in ("standard", "high_res", "async"):
-        raise ValueError(f"sampling must be 'standard', 'high_res' or 'async', got {cfg['sampling']!r}")
+        raise ValueError(f"sampling must be 'standard', 'high_res' or 'async', "
+                         f"got {cfg['sampling']!r}")
     if task not in SAMPLED_TASKS and cfg["sampling"] is not None:
         raise ValueError(f"sampling applies to the frequency tasks {SAMPLED_TASKS}, "
                          f"not to {task!r}")
@@ -136,7 +137,8 @@ def default_config(task="frequency", **overrides):
         raise ValueError(f"r_on must lie in (0, 1], got {cfg['r_on']}")
     lo, hi = cfg["tau_exp_range"]
     if not lo <= hi:
-        raise ValueError(f"tau_exp_range must be (low, high) with low <= high, got {cfg['tau_exp_range']}")
+        raise ValueError(f"tau_exp_range must be (low, high) with low <= high, "
+                         f"got {cfg['tau_exp_range']}")
     cfg["tau_exp_range"] = [float(lo), float(hi)]
     if cfg["dtype"] not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {cfg['dtype']!r}")

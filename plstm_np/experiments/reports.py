@@ -68,9 +68,11 @@ def results_markdown(results):
                   "updates/neuron (eval) | dense | training time/run (s) |",
                   "|---|---|---|---|---|---|---|"]
         for name, c in conds.items():
-            lines.append(f"| {name} | {_pm(c['final_val_loss_mean'], c['final_val_loss_std'], 1, 4)} "
+            lines.append(f"| {name} "
+                         f"| {_pm(c['final_val_loss_mean'], c['final_val_loss_std'], 1, 4)} "
                          f"| {_pm(c['best_val_loss_mean'], c['best_val_loss_std'], 1, 4)} "
-                         f"| {c['curve_val_loss_mean'][0]:.4f} | {c['updates_per_neuron_mean']:.1f} "
+                         f"| {c['curve_val_loss_mean'][0]:.4f} "
+                         f"| {c['updates_per_neuron_mean']:.1f} "
                          f"| {c['dense_updates_per_neuron_mean']:.1f} | {c['seconds_mean']:.0f} |")
     if any("test_mean" in c for c in conds.values()):
         rhos = list(next(iter(conds.values()))["test_mean"])
@@ -84,7 +86,7 @@ def results_markdown(results):
             lines.append(f"| {name} | " + " | ".join(f"{100 * t[r]['accuracy']:.1f}" for r in rhos)
                          + f" | {t[rhos[-1]]['updates_per_neuron']:.1f} | "
                          f"{t[rhos[-1]]['dense_updates_per_neuron']:.1f} |")
-    if paper and not classification or any(k.endswith("updates_per_neuron") for k in paper):
+    if (paper and not classification) or any(k.endswith("updates_per_neuron") for k in paper):
         lines += ["", "Paper: " + ", ".join(f"{k} = {v}" for k, v in paper.items()) + "."]
     lines += ["", "Updates per neuron: neuron updates actually computed per neuron and per "
               "sequence at evaluation (alpha = 0, closed neurons skipped); 'dense' is the "
@@ -109,11 +111,13 @@ def write_figures(results, folder):
         width = 0.38
         for k, model in enumerate(MODELS):
             names = [f"{model}-{s}" for s in samplings]
-            means = [100 * conds[n]["final_val_accuracy_mean"] if n in conds else np.nan for n in names]
+            means = [100 * conds[n]["final_val_accuracy_mean"] if n in conds else np.nan
+                     for n in names]
             stds = [100 * conds[n]["final_val_accuracy_std"] if n in conds else 0 for n in names]
             paper = [results["paper"].get(n, np.nan) for n in names]
             xs = np.arange(3) + (k - 0.5) * width
-            ax.bar(xs, means, width, yerr=stds, label={"plstm": "Phased LSTM", "lstm": "LSTM"}[model],
+            ax.bar(xs, means, width, yerr=stds,
+                   label={"plstm": "Phased LSTM", "lstm": "LSTM"}[model],
                    color=("tab:red" if model == "plstm" else "tab:blue"), capsize=3)
             ax.scatter(xs, paper, marker="_", s=300, color="k", zorder=3,
                        label="paper" if k == 0 else None)
@@ -127,8 +131,8 @@ def write_figures(results, folder):
         paths.append(folder / "fig3d_bars.png")
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
-    fig, axes = plt.subplots(1, 2 if classification else 1, figsize=(10 if classification else 5.5, 3.5),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, 2 if classification else 1,
+                             figsize=(10 if classification else 5.5, 3.5), squeeze=False)
     variants = list(dict.fromkeys(name.partition("-")[2] for name in conds))
     for name, c in conds.items():
         epochs = np.arange(1, len(c["curve_val_loss_mean"]) + 1)
@@ -137,7 +141,8 @@ def write_figures(results, folder):
                      color=f"C{variants.index(name.partition('-')[2]) % 10}",
                      marker="." if len(epochs) < 30 else None)
         if classification:
-            axes[0, 0].plot(epochs, 100 * np.array(c["curve_val_accuracy_mean"]), label=name, **style)
+            axes[0, 0].plot(epochs, 100 * np.array(c["curve_val_accuracy_mean"]), label=name,
+                            **style)
             axes[0, 1].plot(epochs, c["curve_val_loss_mean"], label=name, **style)
         else:
             axes[0, 0].plot(epochs, c["curve_val_loss_mean"], label=name, **style)

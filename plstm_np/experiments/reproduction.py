@@ -88,8 +88,9 @@ def reproduce(name, out_dir="results", *, quick=False, conditions=None, log=prin
     root = Path(out_dir) / name
     root.mkdir(parents=True, exist_ok=True)
     backend = resolve_backend(backend, log=log)
-    results = dict(experiment=name, title=exp.title, quick=quick, protocol=dict(proto, seeds=seeds, test_rhos=test_rhos),
-                   backend=backend, conditions={}, paper=exp.paper)
+    results = dict(experiment=name, title=exp.title, quick=quick,
+                   protocol=dict(proto, seeds=seeds, test_rhos=test_rhos), backend=backend,
+                   conditions={}, paper=exp.paper)
     for cond in chosen:
         runs = []
         for seed in seeds:

@@ -42,7 +42,7 @@ from ... import scalar_math
 try:  # optional dependency: this module imports without it (kernels() then cannot run)
     from numba import cuda  # a module global: the simulator swaps it inside kernels
     IMPORT_ERROR = None
-except Exception as err:  # ImportError, or the CUDA bindings failing to load
+except Exception as err:  # noqa: BLE001  (ImportError, or the CUDA bindings failing to load)
     cuda = None
     IMPORT_ERROR = err
 
@@ -68,7 +68,7 @@ def _device_functions():
     return compiled
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernels():
     """Compile (lazily, on first use) the dtype-generic kernels."""
     dev = _device_functions()
@@ -288,7 +288,7 @@ def kernels():
         dx=dx_kernel, reduce_part=reduce_part_kernel)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def weight_grad_kernel(dtype, tile):
     """Tiled ``G = A^T dZ`` with A's rows ``[x_j, h_{j-1}, 1]`` (zero on padded steps).
 

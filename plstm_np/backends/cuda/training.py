@@ -32,7 +32,7 @@ def _backend():
     return get_backend("cuda")  # raises BackendUnavailableError with the reason
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernels():
     @cuda.jit
     def append_time_kernel(inp, t, scale, lengths, out):
@@ -212,7 +212,8 @@ class CudaTrainer:
         check_adam_hyperparameters(lr, beta1, beta2, eps)
         cb = _backend()
         self.net = net
-        self.lr, self.beta1, self.beta2, self.eps = float(lr), float(beta1), float(beta2), float(eps)
+        self.lr, self.beta1, self.beta2, self.eps = (float(lr), float(beta1), float(beta2),
+                                                     float(eps))
         self.stack = _DeviceStack(net)
         self.step_count = 0
         self.moments = {}

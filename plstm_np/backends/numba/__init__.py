@@ -41,8 +41,19 @@ import numba
 import numpy as np
 
 from ... import config
-from .arguments import (InputGrads, OutputGrads, ParamGrads, Readout, Sequence, State, Stored,
-                        Tokens, no_readout, no_stored, no_tokens)
+from .arguments import (
+    InputGrads,
+    OutputGrads,
+    ParamGrads,
+    Readout,
+    Sequence,
+    State,
+    Stored,
+    Tokens,
+    no_readout,
+    no_stored,
+    no_tokens,
+)
 from .backward import SPARSE_BACKWARD, backward_kernel, backward_sparse_kernel
 from .forward import forward_dense_kernel, forward_kernel, forward_kernel_serial
 from .intrinsics import SCREEN_MARGIN

@@ -25,8 +25,17 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .cell_math import (cell_grads, copy, dk_dphi, dk_dr_on, dk_dtau_ds, dot, gate_constants,
-                        openness, phase_inline)
+from .cell_math import (
+    cell_grads,
+    copy,
+    dk_dphi,
+    dk_dr_on,
+    dk_dtau_ds,
+    dot,
+    gate_constants,
+    openness,
+    phase_inline,
+)
 from .compile import device, kernel
 from .forward import blocked_dot, chunk_bounds, open_neurons
 
@@ -36,7 +45,8 @@ __all__ = ["backward_kernel", "backward_sparse_kernel", "SPARSE_BACKWARD"]
 def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, two_r2, leak, phis, k, gtau, gs, gr):
     """The time gate of every neuron at ``tj`` and its derivatives, for the dense backward
     (every neuron updated): ``k`` (model dtype) and, float64, ``gtau``, ``gs``, ``gr`` =
-    dk/dtau, dk/ds, dk/dr_on. One output per loop (see :func:`~plstm_np.backends.numba.forward._cells_row`)."""
+    dk/dtau, dk/ds, dk/dr_on. One output per loop (see
+    :func:`~plstm_np.backends.numba.forward._cells_row`)."""
     H = k.shape[0]
     for n in range(H):
         phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
@@ -225,9 +235,10 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
                     _gate_grads_row(t[b, j], tau, inv_tau, s, r_on, two_r, two_r2, leak, phis,
                                     kbuf, gtau, gs, gr)
                 _cell_grads_row(dh[r], dc[r], hp, cp, i_c[b, j], f_c[b, j], g_c[b, j],
-                                o_c[b, j], tanh_ct_c[b, j], kbuf, w_ci, w_cf, w_co, dzr, not gate_open,
-                                gtau, gs, gr, dtau[b], ds[b], dr_on[b], dpeep[chunk, 0],
-                                dpeep[chunk, 1], dpeep[chunk, 2], ct, dk, dct, one)
+                                o_c[b, j], tanh_ct_c[b, j], kbuf, w_ci, w_cf, w_co, dzr,
+                                not gate_open, gtau, gs, gr, dtau[b], ds[b], dr_on[b],
+                                dpeep[chunk, 0], dpeep[chunk, 1], dpeep[chunk, 2], ct, dk, dct,
+                                one)
                 for d in range(D):  # padded inputs may hold NaN: only valid steps read x
                     dx[b, j, d] = dot(dzr, Wx[d])
                     xd = x[b, j, d]

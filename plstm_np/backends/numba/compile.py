@@ -31,8 +31,13 @@ import os
 import types
 
 import numba
-from numba.core.caching import (CompileResultCacheImpl, FunctionCache, InTreeCacheLocator,
-                                UserProvidedCacheLocator, UserWideCacheLocator)
+from numba.core.caching import (
+    CompileResultCacheImpl,
+    FunctionCache,
+    InTreeCacheLocator,
+    UserProvidedCacheLocator,
+    UserWideCacheLocator,
+)
 
 from ... import config
 
@@ -88,7 +93,8 @@ class _UserWide(_StampedLocators, UserWideCacheLocator):
 
 
 class _CacheImpl(CompileResultCacheImpl):
-    _locator_classes = [_UserProvided, _InTree, _UserWide]
+    # Numba's own class attribute is a list, read (iterated) by Numba, never mutated.
+    _locator_classes = [_UserProvided, _InTree, _UserWide]  # noqa: RUF012
 
 
 class _Cache(FunctionCache):

@@ -72,9 +72,9 @@ def _maybe_open8_intrinsic(typingctx, tj, gate_rows, col):
     1)`` of their open interval ``[0, r_on)`` (or of 1, where an exact phase may wrap to 0).
 
     ``gate_rows`` (3, Hg) float64: rows ``s``, ``1 / tau``, ``r_on`` (see
-    :func:`plstm_np.backends.numba.layouts.prepare_params`); ``col`` a multiple of 8 below Hg. Written as vector IR, eight
-    lanes of float64: the mask comes out of the comparison itself, where Numba's loops
-    would build it one bit at a time.
+    :func:`plstm_np.backends.numba.layouts.prepare_params`); ``col`` a multiple of 8 below Hg.
+    Written as vector IR, eight lanes of float64: the mask comes out of the comparison itself,
+    where Numba's loops would build it one bit at a time.
     """
     sig = numba.types.uint64(numba.types.float64, gate_rows, numba.types.intp)
 
@@ -174,8 +174,8 @@ def lowest_bit_python(word):
 
 
 def two_to_biased_python(m):
-    """``2 ** (m - 128)`` as a float32, for an integer ``m`` in [1, 255]."""
-    return np.float32(2.0 ** (int(m) - 128))
+    """:func:`two_to_biased`: the float32 whose bits are ``(m - 1) << 23``."""
+    return np.array([(int(m) - 1) << 23], np.int32).view(np.float32)[0]
 
 
 if PLAIN_PYTHON:

@@ -104,7 +104,7 @@ class SerialBLAS:
                 import os
 
                 import scipy
-                import scipy.linalg.cython_blas  # noqa: F401 (loads the library)
+                import scipy.linalg.cython_blas  # loads the library
 
                 root = os.path.dirname(scipy.__file__)
                 patterns = [os.path.join(root, os.pardir, "scipy.libs", "*openblas*"),
