@@ -227,7 +227,8 @@ def main():
     # what BPTT keeps per layer, against a hand-written LSTM's i, f, g, o, c, tanh(c), h
     net = make_train_net("numba")
     _, _, cache = net.forward(data.x, data.t)
-    layer_cache = cache["layer_caches"][0]
+    layer_cache = dict(cache["layer_caches"][0])
+    layer_cache.update(layer_cache.pop("stored")._asdict())  # the kernels' Stored group
     stored = {k: v.nbytes for k, v in layer_cache.items()
               if isinstance(v, np.ndarray) and v.ndim == 3 and k not in ("x",)}
     H = 110

@@ -8,6 +8,7 @@ dtype of the layer's parameters (float32 or float64); timing is always float64.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -140,18 +141,25 @@ class ParamGrads(NamedTuple):
     db: np.ndarray
 
 
+_NO_TOKENS = np.empty((0, 0), np.int64)
+
+
 def no_tokens(bias_table):
     """:class:`Tokens` for events without tokens: every event's projection starts from the
     bias (``bias_table`` (1, 4H), neuron-major)."""
-    return Tokens(bias_table, np.empty((0, 0), np.int64))
+    return Tokens(bias_table, _NO_TOKENS)
 
 
+# The empty groups are shared (cached per dtype): nothing is ever written to an empty array,
+# and building them anew would add to every call of a kernel (streams push small packets).
+@functools.cache
 def no_readout(dtype):
-    """An empty :class:`Readout`."""
+    """An empty :class:`Readout` (model dtype ``dtype``)."""
     return Readout(np.empty((0, 0)), np.empty(0), np.empty((0, 0, 0), dtype))
 
 
+@functools.cache
 def no_stored(dtype):
-    """An empty :class:`Stored`."""
+    """An empty :class:`Stored` (model dtype ``dtype``)."""
     none = np.empty((0, 0, 0), dtype)
     return Stored(none, none, none, none, none, none)
