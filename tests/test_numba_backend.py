@@ -554,3 +554,24 @@ def test_plain_python_mode_runs_the_backend_like_the_reference():
     assert result.returncode == 0, result.stderr
     worst, updates = result.stdout.split()
     assert float(worst) < 1e-12 and int(updates) == 3 * 11 * 4  # 12 valid steps, all updated
+
+
+@pytest.mark.parametrize("leak", [1e-3, 0.0])
+def test_parallel_kernels_write_the_final_state(leak):
+    # the kernels take their outputs in named tuples; Numba can lose rows written in a
+    # prange into arrays unpacked from a tuple (see plstm_np.backends.numba.arguments)
+    rng = np.random.default_rng(21)
+    params, x, t, lengths, h0, c0 = random_layer_problem(rng, np.float64, B=5, T=7, H=9)
+    lengths[2] = 0
+    h, (hT, cT), cache = nb.layer_forward(params, x, t, lengths, h0, c0, leak)
+    _, (hT_r, cT_r), _ = reference.layer_forward(params, x, t, lengths, h0, c0, leak)
+    np.testing.assert_allclose(hT, h[:, -1], rtol=0, atol=0)
+    np.testing.assert_allclose(hT, hT_r, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(cT, cT_r, rtol=1e-12, atol=1e-15)
+    grads = nb.layer_backward(np.zeros_like(h), (np.ones_like(hT), np.ones_like(cT)), cache)
+    expected = reference.layer_backward(
+        np.zeros_like(h), (np.ones_like(hT), np.ones_like(cT)),
+        reference.layer_forward(params, x, t, lengths, h0, c0, leak)[2])
+    for name in ("h0", "c0", "x"):  # written by the backward kernels in prange loops
+        np.testing.assert_allclose(grads[name], expected[name], rtol=1e-12, atol=1e-14,
+                                   err_msg=name)
