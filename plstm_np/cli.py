@@ -43,6 +43,16 @@ def _positive_float(text):
     return value
 
 
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value >= 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return value
+
+
 def _rate(text):
     value = _positive_float(text)
     if value > 1:
@@ -108,8 +118,30 @@ def build_parser():
                    help="frequency tasks: 1 ms, 0.1 ms or asynchronous sampling (default async)")
     p.add_argument("--tau-range", type=float, nargs=2, metavar=("LO", "HI"), dest="tau_exp_range",
                    help="Phased LSTM periods tau = exp(U(LO, HI)) ms")
-    p.add_argument("--r-on", type=_rate, dest="r_on", help="open ratio of the time gate (0.05)")
-    p.add_argument("--dtype", choices=["float64", "float32"], help="parameter dtype (float64)")
+    p.add_argument("--r-on", type=_rate, dest="r_on",
+                   help="initial open ratio of the time gate (0.05)")
+    p.add_argument("--learn-r-on", action=argparse.BooleanOptionalAction, dest="learn_r_on",
+                   help="learn the open ratio (default: the task's protocol; learned in the "
+                   "frequency tasks)")
+    p.add_argument("--fresh-data", action=argparse.BooleanOptionalAction, dest="fresh_data",
+                   help="draw fresh training data every epoch (N-MNIST: resample the events); "
+                   "default: the task's protocol")
+    p.add_argument("--grad-clip", type=_non_negative_float, dest="grad_clip",
+                   help="clip each step's gate pre-activation gradients to +-C in BPTT "
+                   "(Lasagne's grad_clipping; 0: off; default: the task's protocol)")
+    p.add_argument("--readout", choices=list(ex.READOUTS),
+                   help="linear, or leaky_relu: the authors' read-out (Glorot init, leaky "
+                   "ReLU 0.01, then softmax); default: the task's protocol")
+    p.add_argument("--input-gate-bias", type=float, dest="input_gate_bias",
+                   help="initial input-gate bias (the authors' code: -0.1)")
+    p.add_argument("--time-scale", type=_positive_float, dest="time_scale",
+                   help="LSTM baseline: its timestamp input is t * SCALE (1: raw ms, as the "
+                   "authors' code)")
+    p.add_argument("--variant", choices=list(ex.VARIANTS),
+                   help="superimposed task: the paper's text (default) or the authors' script")
+    p.add_argument("--dtype", choices=["float64", "float32"],
+                   help="parameter dtype (default: the task's protocol; the phase is float64 "
+                   "either way)")
     p.add_argument("--patience", type=_positive_int,
                    help="early stopping: epochs without a lower validation loss")
     p.add_argument("--out", metavar="DIR",
@@ -165,9 +197,10 @@ def _print_metrics(result, out):
 
 
 def _train(args, out):
-    keys = ("model", "sampling", "seed", "n_train", "n_val", "epochs", "batch_size", "lr",
-            "hidden_size", "tau_exp_range", "r_on", "rho", "patience", "max_batches", "backend",
-            "dtype")
+    keys = ("model", "sampling", "variant", "seed", "n_train", "n_val", "epochs", "batch_size",
+            "lr", "hidden_size", "tau_exp_range", "r_on", "learn_r_on", "fresh_data",
+            "grad_clip", "readout", "input_gate_bias", "time_scale", "rho", "patience",
+            "max_batches", "backend", "dtype")
     cfg = ex.default_config(args.task, **{k: getattr(args, k) for k in keys})
     shown = {k: v for k, v in cfg.items() if v is not None}
     print("plstm-np train: " + " ".join(f"{k}={v}" for k, v in shown.items()), file=out)

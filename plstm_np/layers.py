@@ -36,6 +36,19 @@ def _per_neuron(value, H, name, dtype):
                     f"got {type(value).__name__}")
 
 
+def _check_grad_clip(value):
+    """``grad_clip`` as None or a float: a finite number > 0, else raise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"grad_clip must be None (no clipping) or a finite number > 0, "
+                        f"got {type(value).__name__} {value!r}")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"grad_clip must be None (no clipping) or a finite number > 0, "
+                         f"got {value!r}")
+    return float(value)
+
+
 def _check_timing(tau, r_on):
     if not np.all(np.isfinite(tau)) or np.any(tau <= 0):
         raise ValueError(f"tau must be finite and > 0, got min {np.min(tau)}")
@@ -70,6 +83,11 @@ class PhasedLSTM:
     init_std : float
         Standard deviation of the normal init of ``Wx``, ``Wh`` and the peepholes (Lasagne's
         default 0.1, which the paper kept); biases start at 0.
+    grad_clip : float or None
+        In BPTT, clip every step's gate pre-activation gradient to [-grad_clip, grad_clip]
+        elementwise, before it reaches ``Wx``, ``Wh``, ``b``, ``x`` and ``h_{j-1}``
+        (Lasagne's ``grad_clipping``, 10 in the authors' code; see
+        :mod:`plstm_np.reference`). None (default): no clipping.
     dtype : float32 or float64
     backend : {'numpy', 'numba', 'cuda'}
     rng : numpy.random.Generator, int or None
@@ -89,9 +107,10 @@ class PhasedLSTM:
 
     def __init__(self, input_size, hidden_size, *, tau_exp_range=(0.0, 3.0), tau=None, s=None,
                  r_on=0.05, leak=1e-3, learn_tau=True, learn_s=True, learn_r_on=False,
-                 tau_min=TAU_MIN, r_on_min=R_ON_MIN, init_std=0.1, dtype=np.float64,
-                 backend="numpy", rng=None):
+                 tau_min=TAU_MIN, r_on_min=R_ON_MIN, init_std=0.1, grad_clip=None,
+                 dtype=np.float64, backend="numpy", rng=None):
         self.input_size = check_positive_int(input_size, "input_size")
+        self.grad_clip = grad_clip
         self.hidden_size = H = check_positive_int(hidden_size, "hidden_size")
         self.dtype = check_dtype(dtype)
         self.backend = check_backend(backend)
@@ -225,7 +244,7 @@ class PhasedLSTM:
             Every parameter's gradient (keys of :attr:`params`), and ``x``, ``h0``, ``c0``.
         """
         backend = get_backend(cache["backend"])
-        return backend.layer_backward(dh, dstate, cache)
+        return backend.layer_backward(dh, dstate, cache, self.grad_clip)
 
     # ------------------------------------------------------------------ saving
     def config(self):
@@ -234,6 +253,8 @@ class PhasedLSTM:
             kind=type(self).__name__, input_size=self.input_size, hidden_size=self.hidden_size,
             leak=self.leak, init_std=self.init_std, dtype=self.dtype.name, backend=self.backend,
         )
+        if self.grad_clip is not None:  # absent from checkpoints written before it existed
+            cfg["grad_clip"] = self.grad_clip
         if not self.gate_open:
             cfg.update(tau_exp_range=list(self.tau_exp_range), tau_min=self.tau_min,
                        r_on_min=self.r_on_min, learn_tau="tau" not in self.frozen,
@@ -259,18 +280,18 @@ class LSTM(PhasedLSTM):
         Append ``t * time_scale`` to the input features (default True).
     time_scale : float
         Factor applied to the timestamp feature.
-    init_std, dtype, backend, rng
+    init_std, grad_clip, dtype, backend, rng
         As for :class:`PhasedLSTM`.
     """
 
     gate_open = True
 
     def __init__(self, input_size, hidden_size, *, time_input=True, time_scale=1.0,
-                 init_std=0.1, dtype=np.float64, backend="numpy", rng=None):
+                 init_std=0.1, grad_clip=None, dtype=np.float64, backend="numpy", rng=None):
         self.time_input = bool(time_input)
         self.time_scale = float(time_scale)
-        super().__init__(input_size, hidden_size, leak=0.0, init_std=init_std, dtype=dtype,
-                         backend=backend, rng=rng)
+        super().__init__(input_size, hidden_size, leak=0.0, init_std=init_std,
+                         grad_clip=grad_clip, dtype=dtype, backend=backend, rng=rng)
 
     def _init_gate_params(self, rng):
         params = super()._init_gate_params(rng)

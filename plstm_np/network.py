@@ -50,13 +50,22 @@ CHECKPOINT_VERSION = 1
 
 
 class Dense:
-    """A fully connected read-out ``y = h W + b``.
+    """A fully connected read-out ``y = act(h W + b)``.
 
     Parameters
     ----------
     input_size, output_size : int
     init_std : float
-        Standard deviation of the normal init of ``W`` (``b`` starts at 0).
+        Standard deviation of the normal init of ``W`` (``init='normal'``; ``b`` starts at 0).
+    activation : {None, 'leaky_relu'}
+        None: linear (``y = h W + b``). ``'leaky_relu'``: ``y = max(a, leakiness * a)`` with
+        ``a = h W + b``, the read-out of the authors' code (Lasagne's ``leaky_rectify``)
+        before the softmax.
+    leakiness : float
+        Slope of the leaky ReLU for ``a < 0`` (Lasagne's default 0.01), in [0, 1).
+    init : {'normal', 'glorot_uniform'}
+        ``W ~ N(0, init_std)``, or Lasagne's default ``GlorotUniform``:
+        ``U(-a, a)`` with ``a = sqrt(6 / (input_size + output_size))``.
     dtype : float32 or float64
     rng : Generator, int or None
 
@@ -66,31 +75,53 @@ class Dense:
         ``W`` (input_size, output_size), ``b`` (output_size,).
     """
 
-    def __init__(self, input_size, output_size, *, init_std=0.1, dtype=np.float64, rng=None):
+    def __init__(self, input_size, output_size, *, init_std=0.1, activation=None,
+                 leakiness=0.01, init="normal", dtype=np.float64, rng=None):
         self.input_size = check_positive_int(input_size, "input_size")
         self.output_size = check_positive_int(output_size, "output_size")
         self.dtype = check_dtype(dtype)
         self.init_std = float(init_std)
+        if activation not in (None, "leaky_relu"):
+            raise ValueError(f"activation must be None or 'leaky_relu', got {activation!r}")
+        if not (isinstance(leakiness, (int, float)) and 0.0 <= leakiness < 1.0):
+            raise ValueError(f"leakiness must be a number in [0, 1), got {leakiness!r}")
+        if init not in ("normal", "glorot_uniform"):
+            raise ValueError(f"init must be 'normal' or 'glorot_uniform', got {init!r}")
+        self.activation, self.leakiness, self.init = activation, float(leakiness), init
         rng = as_rng(rng)
-        self.params = {
-            "W": rng.normal(0.0, init_std, (input_size, output_size)).astype(self.dtype),
-            "b": np.zeros(output_size, self.dtype),
-        }
+        shape = (input_size, output_size)
+        if init == "normal":
+            W = rng.normal(0.0, init_std, shape)
+        else:
+            bound = np.sqrt(6.0 / (input_size + output_size))
+            W = rng.uniform(-bound, bound, shape)
+        self.params = {"W": W.astype(self.dtype), "b": np.zeros(output_size, self.dtype)}
 
     def forward(self, h):
-        """``h @ W + b`` over the last axis of ``h``."""
-        return h @ self.params["W"] + self.params["b"]
+        """``act(h @ W + b)`` over the last axis of ``h``."""
+        return self.activate(h @ self.params["W"] + self.params["b"])
+
+    def activate(self, a):
+        """The activation applied to pre-activations ``a = h W + b`` (``a`` itself when
+        linear; streams compute ``a`` in their kernel and call this)."""
+        if self.activation is None:
+            return a
+        return np.where(a > 0, a, a * a.dtype.type(self.leakiness))
 
     def backward(self, dy, h):
         """Gradients ``(grads of W and b, dh)`` given ``dy`` and the forward input ``h``."""
         W = self.params["W"]
+        if self.activation is not None:  # recompute a = h W + b: cheaper than caching it
+            a = h @ W + self.params["b"]
+            dy = np.where(a > 0, dy, dy * self.dtype.type(self.leakiness))
         h2, dy2 = h.reshape(-1, W.shape[0]), dy.reshape(-1, W.shape[1])
         return {"W": h2.T @ dy2, "b": dy2.sum(0)}, dy @ W.T
 
     def config(self):
         """Hyper-parameters as a JSON-serialisable dict."""
         return dict(kind="Dense", input_size=self.input_size, output_size=self.output_size,
-                    init_std=self.init_std, dtype=self.dtype.name)
+                    init_std=self.init_std, activation=self.activation,
+                    leakiness=self.leakiness, init=self.init, dtype=self.dtype.name)
 
 
 class Embedding:

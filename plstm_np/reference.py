@@ -13,6 +13,11 @@ Written to be read next to the equations (row-vector convention, gate blocks [i,
     c_j   = k_j * ct_j + (1 - k_j) * c_{j-1}
     h_j   = k_j * ht_j + (1 - k_j) * h_{j-1}
 
+With gradient clipping ``C`` (Lasagne's ``grad_clipping``, which the authors used), BPTT
+clips the gradient of ``z_j`` elementwise to [-C, C] where it leaves the step, into ``Wx``,
+``Wh``, ``b``, ``x_j`` and ``h_{j-1}``; the peephole terms are added after ``z_j`` (as in
+Lasagne), so their gradients, into ``w_c*`` and ``c_{j-1}``, are not clipped.
+
 Steps at ``j >= lengths[b]`` get ``k = 0``: that sample's state is carried unchanged.
 With ``gate_open=True``, ``k = 1`` on every valid step: a peephole LSTM.
 
@@ -113,7 +118,7 @@ def layer_forward(params, x, t, lengths, h0, c0, leak, gate_open=False):
     return h_seq, (h, c), cache
 
 
-def layer_backward(dh_seq, dstate, cache):
+def layer_backward(dh_seq, dstate, cache, grad_clip=None):
     """Backpropagation through time for :func:`layer_forward`.
 
     Parameters
@@ -124,6 +129,9 @@ def layer_backward(dh_seq, dstate, cache):
         Gradient with respect to the final state (from a later chunk), or None for zero.
     cache : dict
         From :func:`layer_forward`.
+    grad_clip : float or None
+        Clip each step's pre-activation gradient to [-grad_clip, grad_clip] (see the module
+        docstring); None: no clipping.
 
     Returns
     -------
@@ -172,6 +180,8 @@ def layer_backward(dh_seq, dstate, cache):
         dw_ci += (dz_i * cp).sum(0)
         dw_cf += (dz_f * cp).sum(0)
         dz = np.concatenate([dz_i, dz_f, dz_g, dz_o], axis=1)
+        if grad_clip is not None:  # after the peepholes took their (unclipped) share
+            dz = np.clip(dz, -grad_clip, grad_clip)
         dZ[:, j] = dz
         dh = dhp + dz @ Wh.T  # the one recurrent product per step
         dc = dcp

@@ -222,7 +222,7 @@ class Stream:
                 readout=readout)
             inp, hT, cT = res[:3]
             self.states[i] = (hT, cT)
-        out = res[3] if self.network is not None else inp
+        out = self.network.readout.activate(res[3]) if self.network is not None else inp
         has = lengths > 0
         self.last_time[has] = t3[has, lengths[has] - 1]
         self.events += lengths

@@ -38,9 +38,9 @@ from .dataset import Dataset
 from .validation import as_rng, check_dtype, check_positive_int, valid_steps
 
 __all__ = [
-    "SAMPLING_STEP_MS", "frequency_discrimination", "superimposed_frequencies", "adding_task",
-    "multirate_fusion", "multirate_timing", "sequential_mnist", "nmnist_events",
-    "train_val_split", "TASKS",
+    "SAMPLING_STEP_MS", "SUPERIMPOSED_VARIANTS", "frequency_discrimination",
+    "superimposed_frequencies", "adding_task", "multirate_fusion", "multirate_timing",
+    "sequential_mnist", "nmnist_events", "train_val_split", "TASKS",
 ]
 
 #: Sampling interval of the regular conditions of the frequency tasks, in ms.
@@ -137,7 +137,11 @@ def frequency_discrimination(n, sampling="standard", *, rng=None, dtype=np.float
     Class 1: ``T ~ U(5, 6)`` ms; class 0: ``T`` log-uniform on ``(1, 5) U (6, 100)`` ms. The
     classes are balanced exactly (half of each, one more class 0 when ``n`` is odd).
 
-    The authors trained with batches of 32, 10,000 examples per epoch, for 70 epochs.
+    The authors' script (public_plstm's freq_task.py) trains with batches of 32 freshly drawn
+    every epoch (157 batches, 5,024 sequences), for 70 epochs, and validates on 512 fresh
+    sequences; it forces half of every batch into class 1 and draws the other half
+    log-uniformly on (1, 100) ms, which also lands in class 1 about 4 % of the time (about
+    52 % class 1); here the classes are balanced exactly.
 
     Parameters
     ----------
@@ -187,17 +191,34 @@ def frequency_discrimination(n, sampling="standard", *, rng=None, dtype=np.float
     return data
 
 
+#: The superimposed task's observation as the paper's text defines it and as the authors'
+#: script (``SinWaveComboIterator`` in public_plstm's freq_task.py) draws it.
+SUPERIMPOSED_VARIANTS = {
+    "paper": dict(angular=_TWO_PI, duration_range=(15.0, 125.0), window=125.0,
+                  num_points_range=(15, 125)),
+    "authors": dict(angular=1.0, duration_range=(1.0, 100.0), window=100.0,
+                    num_points_range=(100, 999)),
+}
+
+
 def superimposed_frequencies(n, sampling="async", *, rng=None, dtype=np.float64,
                              period_range=(1.0, 100.0), target_ranges=((5.0, 6.0), (13.0, 15.0)),
-                             duration_range=(15.0, 125.0), window=125.0,
-                             num_points_range=(15, 125), return_info=False):
+                             variant="paper", duration_range=None, window=None,
+                             num_points_range=None, return_info=False):
     """Two superimposed sines (paper section 3.1, Fig. 4a): are both periods in their bands?
 
-    ``x = sin(2 pi t / T1 + phase1) + sin(2 pi t / T2 + phase2)`` with independent phases.
+    ``x = sin(w t / T1 + phase1) + sin(w t / T2 + phase2)`` with independent phases.
     Class 1: ``T1 ~ U(5, 6)`` and ``T2 ~ U(13, 15)`` ms. Class 0, the complement: ``(T1, T2)``
     log-uniform on ``(1, 100)^2`` ms, redrawn while both fall in their bands. Balanced
-    classes; observation window and sampling as in :func:`frequency_discrimination`
-    (asynchronous by default, as in the paper's figure).
+    classes; asynchronous sampling by default, as in the paper's figure.
+
+    Two variants, which differ (the paper's text against the authors' script):
+
+    - ``'paper'``: ``w = 2 pi`` (T is the period), observation window and sampling as in
+      :func:`frequency_discrimination` (durations U(15, 125) ms, 15-125 points).
+    - ``'authors'``: ``w = 1`` (the script computes ``sin(t / T - shift)``, so the true
+      periods are ``2 pi T``: 31-38 and 82-94 ms for class 1), durations U(1, 100) ms in a
+      100 ms window and 100-999 points.
 
     Parameters
     ----------
@@ -209,8 +230,9 @@ def superimposed_frequencies(n, sampling="async", *, rng=None, dtype=np.float64,
         Range (ms) of the log-uniform class-0 periods.
     target_ranges : ((float, float), (float, float))
         The class-1 bands of T1 and T2 (ms).
+    variant : {'paper', 'authors'}
     duration_range, window, num_points_range
-        As in :func:`frequency_discrimination`.
+        As in :func:`frequency_discrimination`; None: the variant's.
     return_info : bool
         Also return ``period1``, ``period2``, ``phase1``, ``phase2``, ``start``, ``duration``.
 
@@ -222,6 +244,15 @@ def superimposed_frequencies(n, sampling="async", *, rng=None, dtype=np.float64,
     info : dict of ndarray, only if ``return_info``
     """
     n, dtype, rng = check_positive_int(n, "n"), check_dtype(dtype), as_rng(rng)
+    if variant not in SUPERIMPOSED_VARIANTS:
+        raise ValueError(f"variant must be one of {tuple(SUPERIMPOSED_VARIANTS)}, "
+                         f"got {variant!r}")
+    chosen = SUPERIMPOSED_VARIANTS[variant]
+    angular = chosen["angular"]
+    duration_range = chosen["duration_range"] if duration_range is None else duration_range
+    window = chosen["window"] if window is None else window
+    num_points_range = (chosen["num_points_range"] if num_points_range is None
+                        else num_points_range)
     lo, hi = _check_range(period_range, "period_range", positive=True)
     bands = [_check_range(b, f"target_ranges[{i}]", positive=True)
              for i, b in enumerate(target_ranges)]
@@ -242,7 +273,7 @@ def superimposed_frequencies(n, sampling="async", *, rng=None, dtype=np.float64,
     phases = rng.uniform(0.0, _TWO_PI, (n, 2))
     t, lengths, start, duration = _sample_times(rng, n, sampling, duration_range, float(window),
                                                 num_points_range)
-    x = sum(np.sin(_TWO_PI * t / periods[:, k, None] + phases[:, k, None]) for k in range(2))
+    x = sum(np.sin(angular * t / periods[:, k, None] + phases[:, k, None]) for k in range(2))
     x = _mask_padding(x, lengths)[:, :, None].astype(dtype)
     data = Dataset(x=x, t=t, y=y, lengths=lengths)
     if return_info:

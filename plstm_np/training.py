@@ -30,8 +30,12 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
     net : Network
     optimizer : Adam
         Bound to ``net``'s parameters.
-    train_data, val_data : Dataset
-        Validation (optional) is evaluated after every epoch at alpha = 0.
+    train_data : Dataset or callable
+        The training set, or a callable ``epoch -> Dataset`` (epoch 1-based, e.g.
+        :class:`plstm_np.experiments.FreshData`) returning each epoch's freshly drawn data;
+        ``len(train_data)`` must give the sequences per epoch.
+    val_data : Dataset, optional
+        Evaluated after every epoch at alpha = 0.
     epochs : int
     batch_size : int
     rng : Generator, int or None
@@ -79,10 +83,11 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
     for epoch in range(1, epochs + 1):
+        data = train_data(epoch) if callable(train_data) else train_data
         start, losses = time.perf_counter(), []
         bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress,
                    leave=False)
-        for i, batch in enumerate(train_data.batches(batch_size, rng=rng)):
+        for i, batch in enumerate(data.batches(batch_size, rng=rng)):
             if i == n_batches:
                 break
             loss, grads = net.loss_and_grads(batch, training=True)

@@ -195,14 +195,16 @@ def rng():
 
 
 def make_network(rng, *, dtype=np.float64, readout_at="last", loss="cross_entropy",
-                 embedding=True, layers=2, backend="numpy", lstm=False):
-    """A small randomised network: embedding (7 tokens, dim 3) + 2 features, H = 4, 3."""
+                 embedding=True, layers=2, backend="numpy", lstm=False, activation=None):
+    """A small randomised network: embedding (7 tokens, dim 3) + 2 features, H = 4, 3;
+    ``activation`` of the read-out (None: linear)."""
     emb = pl.Embedding(7, 3, dtype=dtype, rng=rng) if embedding else None
     sizes = [(3 if embedding else 0) + 2, 4, 3][: layers + 1]
     cls = pl.LSTM if lstm else pl.PhasedLSTM
     stack = [cls(sizes[i], sizes[i + 1], dtype=dtype, rng=rng, backend=backend)
              for i in range(layers)]
-    net = pl.Network(stack, pl.Dense(sizes[-1], 2, dtype=dtype, rng=rng), embedding=emb,
+    readout = pl.Dense(sizes[-1], 2, activation=activation, dtype=dtype, rng=rng)
+    net = pl.Network(stack, readout, embedding=emb,
                      readout_at=readout_at, loss=loss)
     return randomize(net, rng)
 

@@ -43,7 +43,8 @@ def test_train_checkpoint_evaluate_round_trip(tmp_path, capsys):
     assert result["accuracy"] == pytest.approx(best["val_accuracy"])
     assert result["loss"] == pytest.approx(best["val_loss"], rel=1e-9)
     net = pl.load(out / "checkpoint.npz")
-    val = pl.tasks.frequency_discrimination(8, sampling="async", rng=np.random.default_rng([0, 1]))
+    val = pl.tasks.frequency_discrimination(8, sampling="async", rng=np.random.default_rng([0, 1]),
+                                            dtype=np.float32)  # the protocol's dtype
     direct = net.evaluate(val)
     assert result["accuracy"] == direct["accuracy"]
     assert result["updates_per_neuron"] == pytest.approx(direct["updates_per_neuron"])

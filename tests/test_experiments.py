@@ -93,7 +93,7 @@ def test_paper_architectures():
 
 
 def test_data_is_regenerated_exactly_from_the_seed():
-    cfg = ex.default_config("freq", n_train=20, n_val=10, seed=4)
+    cfg = ex.default_config("freq", n_train=20, n_val=10, seed=4, fresh_data=False)
     train, val = ex.make_data(cfg)
     train2, val2 = ex.make_data(cfg)
     np.testing.assert_array_equal(train.x, train2.x)
@@ -124,7 +124,8 @@ def test_real_data_split_is_fixed_and_disjoint():
 def test_numba_and_numpy_runs_agree():
     """A short run on each backend: the same losses (the kernels are checked in detail in the
     backend tests; this checks that the experiment wiring dispatches alike)."""
-    base = dict(n_train=8, n_val=8, hidden_size=5, batch_size=4, epochs=2, lr=0.01)
+    base = dict(n_train=8, n_val=8, hidden_size=5, batch_size=4, epochs=2, lr=0.01,
+                dtype="float64")
     runs = [ex.run_training(ex.default_config("freq", backend=b, **base), progress=False)
             for b in ("numpy", "numba")]
     assert runs[1]["config"]["backend"] == "numba"
@@ -149,7 +150,7 @@ def test_unavailable_backend_falls_back_to_numpy(monkeypatch):
     ("model", "gru", "model must be one of"),
     ("sampling", "fast", "sampling must be"),
     ("n_train", 0, "n_train"),
-    ("lr", 0.0, "lr must be > 0"),
+    ("lr", 0.0, "lr must be a finite number > 0"),
     ("rho", 1.5, "rho"),
     ("tau_exp_range", [3, 1], "tau_exp_range"),
     ("no_such_key", 1, "unknown configuration keys"),
@@ -218,18 +219,18 @@ def test_reproduce_quick_adding_writes_an_mse_table(tmp_path):
 
 
 @pytest.mark.slow
-def test_main_job_reaches_clearly_above_chance(tmp_path):
-    """`plstm-np train` with no options: the README's main job."""
+def test_main_job_reaches_the_protocols_target(tmp_path):
+    """`plstm-np train` with no options, the README's main job: the faithful protocol for
+    30 epochs reaches >= 93 % on asynchronous sampling (the issue's target)."""
     run = ex.run_training(ex.default_config("frequency"), tmp_path / "main", progress=False)
-    assert run["final"]["accuracy"] > 0.7
-    assert run["seconds"] < 180
+    assert run["final"]["accuracy"] >= 0.93
 
 
 @pytest.mark.slow
 def test_phased_lstm_beats_lstm_on_async_frequency_discrimination():
-    """The paper's ordering on a short protocol (400 updates each, about a minute each)."""
+    """The paper's ordering on a short protocol (500 updates each, about 10 s each)."""
     acc = {}
     for model in ex.MODELS:
-        cfg = ex.default_config("frequency", model=model, n_train=1600, epochs=8)
+        cfg = ex.default_config("frequency", model=model, n_train=1600, epochs=10, lr=1e-2)
         acc[model] = ex.run_training(cfg, progress=False)["final"]["accuracy"]
     assert acc["plstm"] > acc["lstm"] + 0.05, acc

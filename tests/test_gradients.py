@@ -63,6 +63,22 @@ def test_two_layer_network_with_embedding(rng, readout_at, loss, training):
     assert report.worst <= TOLERANCE, report
 
 
+@pytest.mark.parametrize("readout_at, loss", [("last", "cross_entropy"), ("every", "mse")])
+def test_leaky_relu_readout(rng, readout_at, loss):
+    """The authors' read-out (leaky ReLU before the loss); the pre-activations are kept
+    away from its kink at 0."""
+    net = make_network(rng, readout_at=readout_at, loss=loss, activation="leaky_relu")
+    net.readout.leakiness = 0.3  # a slope far from 1, so that a wrong branch shows
+    batch = make_batch(net, rng, margin=KINK_MARGIN)
+    top = net.forward(batch.x, batch.t, batch.lengths, tokens=batch.tokens)[2]["top"]
+    W = net.readout.params["W"]
+    net.readout.params["b"][:] = -(top @ W).reshape(-1, 2).mean(0)  # both signs in a
+    a = top @ W + net.readout.params["b"]
+    assert (a > 0).any() and (a < 0).any() and np.abs(a).min() > 1e-3
+    report = pl.check_gradients(net, batch)
+    assert report.worst <= TOLERANCE, report
+
+
 def test_lstm_network(rng):
     net = make_network(rng, lstm=True, embedding=False)
     batch = make_batch(net, rng)
@@ -80,8 +96,8 @@ def test_gradient_check_catches_a_wrong_derivative(rng, monkeypatch):
 
     original = reference.layer_backward
 
-    def wrong_backward(dh_seq, dstate, cache):
-        grads = original(dh_seq, dstate, cache)
+    def wrong_backward(dh_seq, dstate, cache, grad_clip=None):
+        grads = original(dh_seq, dstate, cache, grad_clip)
         grads["tau"] = grads["tau"] * 1.01
         return grads
 

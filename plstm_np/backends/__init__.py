@@ -2,10 +2,11 @@
 
 ``layer_forward(params, x, t, lengths, h0, c0, leak, gate_open)`` returns
 ``(h_seq, (h_T, c_T), cache)`` with ``cache["updates"]`` the number of neuron updates it
-actually computed, and ``layer_backward(dh_seq, dstate, cache)`` returns the gradient dict
-(parameters plus ``x``, ``h0``, ``c0``). Inputs arrive validated (see
-:mod:`plstm_np.validation`). Backends are imported on first use, so importing
-``plstm_np`` compiles nothing.
+actually computed, and ``layer_backward(dh_seq, dstate, cache, grad_clip=None)`` returns the
+gradient dict (parameters plus ``x``, ``h0``, ``c0``), the pre-activation gradients clipped
+as :func:`plstm_np.reference.layer_backward` says when ``grad_clip`` is given. Inputs arrive
+validated (see :mod:`plstm_np.validation`). Backends are imported on first use, so
+importing ``plstm_np`` compiles nothing.
 """
 from __future__ import annotations
 

@@ -27,9 +27,11 @@ The modules, one concern each (every public name is re-exported here):
 """
 from .configs import (
     MODELS,
+    READOUTS,
     SAMPLED_TASKS,
     TASK_ALIASES,
     TASK_SPECS,
+    VARIANTS,
     TaskSpec,
     canonical_task,
     default_config,
@@ -38,6 +40,7 @@ from .registry import EXPERIMENTS, Experiment
 from .reports import aggregate, results_markdown, write_figures
 from .reproduction import reproduce
 from .runs import (
+    FreshData,
     build_model,
     evaluate_checkpoint,
     make_data,
@@ -49,4 +52,5 @@ from .runs import (
 __all__ = ["TaskSpec", "TASK_SPECS", "TASK_ALIASES", "MODELS", "EXPERIMENTS", "canonical_task",
            "default_config", "make_data", "make_val_data", "build_model", "resolve_backend",
            "run_training", "evaluate_checkpoint", "reproduce", "Experiment", "SAMPLED_TASKS",
-           "aggregate", "results_markdown", "write_figures"]
+           "aggregate", "results_markdown", "write_figures", "READOUTS", "VARIANTS",
+           "FreshData"]

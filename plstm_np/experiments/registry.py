@@ -30,10 +30,12 @@ class Experiment:
     Notes
     -----
     The default protocols follow the paper and the authors' public code
-    (github.com/dannyneil/public_plstm: Adam lr 1e-3, batches of 32, 5 seeds, 500
+    (github.com/dannyneil/public_plstm, freq_task.py and a_freq_task.sh: Adam lr 1e-3,
+    5 seeds, every epoch 157 freshly drawn batches of 32 (5,024 sequences) and 512
     validation sequences; 70 epochs for the frequency task, 300 for the superimposed
-    frequencies). They take hours to days on a CPU; ``plstm-np reproduce`` shortens them
-    with its options, and ``results/README.md`` says how the published results did.
+    frequencies); the task's :class:`~plstm_np.experiments.TaskSpec` holds the rest (r_on
+    learned, clipping, read-out, dtype). ``plstm-np reproduce`` shortens them with its
+    options, and ``results/README.md`` says how the published results did.
     """
 
     name: str
@@ -52,7 +54,7 @@ EXPERIMENTS = {
         "frequency", "Frequency discrimination (Fig. 3d)", "frequency",
         conditions={f"{model}-{sampling}": dict(model=model, sampling=sampling)
                     for sampling in ("standard", "high_res", "async") for model in MODELS},
-        protocol=dict(epochs=70, n_train=10_000, n_val=500, seeds=5, lr=1e-3),
+        protocol=dict(epochs=70, n_train=5024, n_val=512, seeds=5, lr=1e-3),
         quick=_QUICK,
         paper={"plstm-standard": 99.0, "plstm-high_res": 99.5, "plstm-async": 98.0,
                "lstm-standard": 89.0, "lstm-high_res": 52.0, "lstm-async": 69.0},
@@ -60,7 +62,16 @@ EXPERIMENTS = {
     "superimposed": Experiment(
         "superimposed", "Superimposed frequencies (Fig. 4a)", "superimposed",
         conditions={m: dict(model=m, sampling="async") for m in MODELS},
-        protocol=dict(epochs=300, n_train=5_000, n_val=500, seeds=5, lr=1e-3),
+        protocol=dict(epochs=300, n_train=5024, n_val=512, seeds=5, lr=1e-3),
+        quick=_QUICK,
+        paper={"plstm": 93.0, "lstm": "55–60"},
+    ),
+    "superimposed_authors": Experiment(
+        "superimposed_authors",
+        "Superimposed frequencies, the authors' script's variant (sin(t / T), 1-100 ms, "
+        "100-999 events)", "superimposed",
+        conditions={m: dict(model=m, sampling="async", variant="authors") for m in MODELS},
+        protocol=dict(epochs=300, n_train=5024, n_val=512, seeds=5, lr=1e-3),
         quick=_QUICK,
         paper={"plstm": 93.0, "lstm": "55–60"},
     ),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .configs import MODELS, TASK_SPECS
+from .configs import MODELS, TASK_SPECS, default_config
 from .registry import EXPERIMENTS
 
 __all__ = ["aggregate", "results_markdown", "write_figures"]
@@ -30,6 +30,38 @@ def aggregate(runs):
     return agg
 
 
+def _share(c):
+    """Computed updates as a percentage of a dense LSTM's."""
+    dense = c["dense_updates_per_neuron_mean"]
+    return f"{100 * c['updates_per_neuron_mean'] / dense:.1f} %" if dense else "—"
+
+
+def _settings(exp, protocol):
+    """The protocol's model and training settings in words: the task's, as the protocol
+    and the settings all conditions share (e.g. the superimposed variant) override them."""
+    cfg = default_config(exp.task)
+    shared = [dict(c) for c in exp.conditions.values()]
+    shared = {k: v for k, v in shared[0].items() if all(c.get(k) == v for c in shared)}
+    cfg.update({k: v for k, v in {**protocol, **shared}.items() if k in cfg})
+    clip = cfg["grad_clip"]
+    lo, hi = cfg["tau_exp_range"]
+    if any("tau_exp_range" in c for c in exp.conditions.values()) and "tau_exp_range" not in shared:
+        tau = "tau per condition"
+    else:
+        tau = f"tau = {np.exp(lo):.4g} ms at init" if lo == hi else f"tau ~ exp(U({lo:g}, {hi:g}))"
+    fresh = ("the events resampled every epoch" if not TASK_SPECS[exp.task].synthetic
+             else "fresh data every epoch")
+    words = ["r_on learned" if cfg["learn_r_on"] else "r_on fixed", tau,
+             fresh if cfg["fresh_data"] else "the same data every epoch",
+             "no gradient clipping" if clip is None else f"gate gradients clipped to ±{clip:g}",
+             f"{cfg['readout']} read-out", f"input-gate bias {cfg['input_gate_bias']:g}",
+             f"LSTM time input t x {cfg['time_scale']:g}", cfg["dtype"]]
+    if cfg.get("variant"):
+        words.append({"paper": "the task as the paper's text defines it",
+                      "authors": "the task as the authors' script draws it"}[cfg["variant"]])
+    return ", ".join(words)
+
+
 def _pm(mean, std, scale=1.0, digits=1):
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
@@ -47,14 +79,16 @@ def results_markdown(results):
              f"Protocol: {p['epochs']} epochs x {sizes}, seeds {p['seeds']}, "
              f"batch {p.get('batch_size', 32)}, "
              f"Adam lr {p.get('lr')}, backend {results['backend']}"
-             + (" (quick smoke protocol)" if results["quick"] else "") + ".", ""]
+             + (" (quick smoke protocol)" if results["quick"] else "") + "; "
+             + _settings(exp, p) + ".", ""]
     conds = results["conditions"]
     paper = results["paper"]
     classification = any("final_val_accuracy_mean" in c for c in conds.values())
     if classification:
         lines += ["| condition | final val. accuracy (%) | best (%) | epoch 1 (%) | "
-                  "updates/neuron (eval) | dense | paper (%) | training time/run (s) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "updates/neuron (eval) | dense | share (paper: 5 %) | paper (%) | "
+                  "training time/run (s) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, c in conds.items():
             ref = paper.get(name)
             lines.append(
@@ -62,7 +96,8 @@ def results_markdown(results):
                 f"| {_pm(c['best_val_accuracy_mean'], c['best_val_accuracy_std'], 100)} "
                 f"| {_pm(c['epoch1_val_accuracy_mean'], c['epoch1_val_accuracy_std'], 100)} "
                 f"| {c['updates_per_neuron_mean']:.1f} | {c['dense_updates_per_neuron_mean']:.1f} "
-                f"| {'—' if ref is None else f'≈ {ref}'} | {c['seconds_mean']:.0f} |")
+                f"| {_share(c)} | {'—' if ref is None else f'≈ {ref}'} "
+                f"| {c['seconds_mean']:.0f} |")
     else:
         lines += ["| condition | final val. MSE | best val. MSE | epoch-1 val. MSE | "
                   "updates/neuron (eval) | dense | training time/run (s) |",

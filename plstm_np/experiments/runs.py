@@ -19,17 +19,21 @@ task              Phased LSTM                              tau ~ exp(U(lo, hi)) 
 ``frequency``     1-110-2                                  (0, 3)                   CE
 ``superimposed``  1-110-2                                  (0, 3)                   CE
 ``adding``        2-110-1                                  compared: (0, 2) ... (6, 8) MSE
-``nmnist``        embedding 1156x40 + polarity = 41-110-10 (1, 6)                   CE
+``nmnist``        embedding 1156x40 + polarity = 41-110-10 (ln 100, ln 100): 100 ms  CE
 ``multirate``     2-110-2, hand-set timing (not learned)   sensors' periods         CE
 ``digits``        1-110-10 (8x8 digits, 64 steps)          (0, 3)                   CE
 ``smnist``        1-110-10 (MNIST, 784 steps)              (0, 5)                   CE
 ================  =======================================  =======================  ======
 
-r_on = 0.05 and the leak alpha = 1e-3 everywhere. The LSTM baseline has the same size and
-receives the timestamp as an extra input, scaled by ``time_scale`` so that it lies in about
-[0, 1]. Times are in milliseconds (see :mod:`plstm_np.tasks`).
+r_on starts at 0.05 and the leak alpha = 1e-3 everywhere. The LSTM baseline has the same
+size and receives the timestamp as an extra input, multiplied by ``time_scale``. The rest of
+a task's protocol (r_on learned, fresh data every epoch, gradient clipping, the read-out,
+the input-gate bias, the dtype) comes from its :class:`~plstm_np.experiments.TaskSpec`;
+``results/README.md`` says, for each setting, whether it is the paper's or the authors'
+code's. Times are in milliseconds (see :mod:`plstm_np.tasks`).
 
-Seeds. A run's ``seed`` fixes everything: the training data (``default_rng([seed, 0])``),
+Seeds. A run's ``seed`` fixes everything: the training data (``default_rng([seed, 0])``;
+with fresh data, epoch e's from ``default_rng([seed, 0, e])``),
 the validation data of the synthetic tasks (``default_rng([seed, 1])``), the initial
 weights (``default_rng([seed, 2])``) and the order of the mini-batches
 (``default_rng([seed, 3])``). The real data sets (N-MNIST, digits, MNIST) are split into
@@ -66,17 +70,57 @@ def _subset(data, n, rng):
     return data[np.sort(rng.choice(len(data), n, replace=False))]
 
 
-def _real_data(cfg):
-    """(train, val) of a real data set, split by ``split_seed`` and capped by n_train/n_val."""
+def _real_data(cfg, events_rng=None):
+    """(train, val) of a real data set, split by ``split_seed``; N-MNIST's events are drawn
+    at rate ``rho`` by ``events_rng`` (default: one fixed draw from ``split_seed``)."""
     task, dtype = cfg["task"], np.dtype(cfg["dtype"])
     if task == "nmnist":
-        full = TASKS[task](rho=cfg["rho"], rng=np.random.default_rng([cfg["split_seed"], 4]),
-                           dtype=dtype)
+        if events_rng is None:
+            events_rng = np.random.default_rng([cfg["split_seed"], 4])
+        full = TASKS[task](rho=cfg["rho"], rng=events_rng, dtype=dtype)
     else:
         full = TASKS[task](dtype=dtype)
     fraction = 0.1
     train_part, val_part = train_val_split(full, fraction, rng=cfg["split_seed"])
     return train_part, val_part
+
+
+class FreshData:
+    """The training data of a run that draws it afresh every epoch: ``data(epoch)`` is the
+    Dataset of that epoch (1-based), generated from ``default_rng([seed, 0, epoch])``, so
+    that a run is reproducible and can resume at any epoch; ``len(data)`` is its size.
+
+    Synthetic tasks draw ``n_train`` new sequences. N-MNIST keeps its training recordings
+    (the split and the ``n_train`` drawn from it do not change) and draws their events at
+    rate ``rho`` anew.
+    """
+
+    def __init__(self, cfg):
+        if not (TASK_SPECS[cfg["task"]].synthetic or cfg["task"] == "nmnist"):
+            raise ValueError(f"fresh_data applies to the synthetic tasks and to N-MNIST (whose "
+                             f"events are resampled), not to {cfg['task']!r}")
+        self.cfg = dict(cfg)
+        self._size = None
+
+    def __call__(self, epoch):
+        cfg, seed = self.cfg, self.cfg["seed"]
+        rng = np.random.default_rng([seed, 0, int(epoch)])
+        if TASK_SPECS[cfg["task"]].synthetic:
+            return _generate(cfg, cfg["n_train"], rng)
+        train_part, _ = _real_data(cfg, events_rng=rng)
+        data = _subset(train_part, cfg["n_train"], np.random.default_rng([seed, 0]))
+        self._size = len(data)
+        return data
+
+    def __len__(self):
+        if TASK_SPECS[self.cfg["task"]].synthetic:
+            return self.cfg["n_train"]
+        if self._size is None:
+            self._size = min(self.cfg["n_train"], len(_real_data(self.cfg)[0]))
+        return self._size
+
+    def __repr__(self):
+        return f"FreshData({self.cfg['task']!r}, n={len(self)} per epoch, seed={self.cfg['seed']})"
 
 
 def make_data(cfg):
@@ -85,18 +129,23 @@ def make_data(cfg):
     Parameters
     ----------
     cfg : dict
-        From :func:`default_config` (keys ``task``, ``sampling``, ``seed``, ``n_train``,
-        ``n_val``, ``rho``, ``split_seed``, ``dtype``).
+        From :func:`default_config` (keys ``task``, ``sampling``, ``variant``, ``seed``,
+        ``n_train``, ``n_val``, ``fresh_data``, ``rho``, ``split_seed``, ``dtype``).
 
     Returns
     -------
-    train, val : Dataset
-        Synthetic tasks: ``n_train`` and ``n_val`` fresh sequences drawn from the seed.
-        Real data: a stratified 90/10 split by ``split_seed``, then at most ``n_train``
-        training sequences (drawn from the seed) and at most ``n_val`` validation
-        sequences (drawn from ``split_seed``).
+    train : Dataset or FreshData
+        With ``fresh_data``: a :class:`FreshData`, called with the epoch. Otherwise one
+        Dataset for every epoch: synthetic tasks: ``n_train`` sequences drawn from the seed;
+        real data: a stratified 90/10 split by ``split_seed``, then at most ``n_train``
+        training sequences (drawn from the seed).
+    val : Dataset
+        Synthetic tasks: ``n_val`` sequences drawn from the seed. Real data: at most
+        ``n_val`` sequences of the validation part (drawn from ``split_seed``).
     """
     task, seed = cfg["task"], cfg["seed"]
+    if cfg.get("fresh_data"):
+        return FreshData(cfg), make_val_data(cfg)
     if TASK_SPECS[task].synthetic:
         return (_generate(cfg, cfg["n_train"], np.random.default_rng([seed, 0])),
                 make_val_data(cfg))
@@ -117,6 +166,8 @@ def _generate(cfg, n, rng):
     kwargs = dict(rng=rng, dtype=np.dtype(cfg["dtype"]))
     if cfg["task"] in SAMPLED_TASKS:
         kwargs["sampling"] = cfg["sampling"]
+    if cfg["task"] == "superimposed":
+        kwargs["variant"] = cfg.get("variant") or "paper"  # saved before variants existed
     return TASKS[cfg["task"]](n, **kwargs)
 
 
@@ -149,7 +200,10 @@ def build_model(cfg):
     ----------
     cfg : dict
         From :func:`default_config` (keys ``task``, ``model``, ``hidden_size``,
-        ``tau_exp_range``, ``r_on``, ``seed``, ``backend``, ``dtype``).
+        ``tau_exp_range``, ``r_on``, ``learn_r_on``, ``grad_clip``, ``readout``,
+        ``input_gate_bias``, ``time_scale``, ``seed``, ``backend``, ``dtype``; configurations
+        saved before the last six existed get today's defaults of 0.1.0: r_on fixed, no
+        clipping, a linear read-out, zero biases, the task's time scale).
 
     Returns
     -------
@@ -163,17 +217,22 @@ def build_model(cfg):
     if task == "nmnist":
         embedding = Embedding(NUM_ADDRESSES, 40, dtype=dtype, rng=rng)
         n_in += embedding.dim
+    common = dict(grad_clip=cfg.get("grad_clip"), dtype=dtype, backend=backend, rng=rng)
     if cfg["model"] == "lstm":
-        layer = LSTM(n_in, H, time_scale=spec.time_scale, dtype=dtype, backend=backend, rng=rng)
+        layer = LSTM(n_in, H, time_scale=cfg.get("time_scale", spec.time_scale), **common)
     elif task == "multirate":
         timing = multirate_timing(H, r_on=cfg["r_on"])
-        layer = PhasedLSTM(n_in, H, **timing, learn_tau=False, learn_s=False, dtype=dtype,
-                           backend=backend, rng=rng)
+        layer = PhasedLSTM(n_in, H, **timing, learn_tau=False, learn_s=False, **common)
     else:
         layer = PhasedLSTM(n_in, H, tau_exp_range=tuple(cfg["tau_exp_range"]), r_on=cfg["r_on"],
-                           dtype=dtype, backend=backend, rng=rng)
-    return Network([layer], Dense(H, spec.n_outputs, dtype=dtype, rng=rng), embedding=embedding,
-                   loss=spec.loss)
+                           learn_r_on=bool(cfg.get("learn_r_on", False)), **common)
+    layer.params["b"][:H] = cfg.get("input_gate_bias", 0.0)  # gate blocks [i, f, g, o]
+    if cfg.get("readout", "linear") == "leaky_relu":  # the authors' read-out
+        readout = Dense(H, spec.n_outputs, activation="leaky_relu", init="glorot_uniform",
+                        dtype=dtype, rng=rng)
+    else:
+        readout = Dense(H, spec.n_outputs, dtype=dtype, rng=rng)
+    return Network([layer], readout, embedding=embedding, loss=spec.loss)
 
 
 # ----------------------------------------------------------------------------- one run

@@ -84,11 +84,11 @@ def layer_forward(params, x, t, lengths, h0, c0, leak, gate_open=False):
     return h_seq, (hT, c_last), cache
 
 
-def layer_backward(dh_seq, dstate, cache):
+def layer_backward(dh_seq, dstate, cache, grad_clip=None):
     """The backend contract's backward on host arrays (see :mod:`plstm_np.backends`)."""
     fwd = cache["device"]
     dhT = dcT = None
     if dstate is not None:
         dhT, dcT = to_device(dstate[0]), to_device(dstate[1])
-    grads = backward_device(fwd, to_device(dh_seq), dhT, dcT)
+    grads = backward_device(fwd, to_device(dh_seq), dhT, dcT, grad_clip=grad_clip)
     return {name: value.copy_to_host() for name, value in grads.items()}

@@ -124,7 +124,8 @@ def forward_device(layer, x, t, lengths, h0, c0, leak, *, store_gates=True,
                 store_gates=store_gates)
 
 
-def backward_device(fwd, dh_seq, dhT=None, dcT=None, *, dx_size=None, threads_per_block=None):
+def backward_device(fwd, dh_seq, dhT=None, dcT=None, *, dx_size=None, threads_per_block=None,
+                    grad_clip=None):
     """BPTT on the device for a :func:`forward_device` result.
 
     Parameters
@@ -138,6 +139,8 @@ def backward_device(fwd, dh_seq, dhT=None, dcT=None, *, dx_size=None, threads_pe
         Compute the input gradient for the first ``dx_size`` features (default: all D;
         0 skips it).
     threads_per_block : int, optional
+    grad_clip : float or None
+        Clip the pre-activation gradients, as :func:`plstm_np.reference.layer_backward`.
 
     Returns
     -------
@@ -165,7 +168,8 @@ def backward_device(fwd, dh_seq, dhT=None, dcT=None, *, dx_size=None, threads_pe
         k.backward[B, tpb](
             dh_seq, dhT, dcT, fwd["lengths"], fwd["t"], p["Wh"], p["w_ci"], p["w_cf"],
             p["w_co"], tau, s, r_on, fwd["leak"], layer.gate_open, fwd["h0"], fwd["c0"],
-            fwd["h_seq"], fwd["c_seq"], fwd["k"], fwd["gates"], dZ, dh_buf, dc_buf, dh_mid, part)
+            fwd["h_seq"], fwd["c_seq"], fwd["k"], fwd["gates"], dZ, dh_buf, dc_buf, dh_mid, part,
+            np.inf if grad_clip is None else float(grad_clip))
     else:
         dh_buf, dc_buf = dhT, dcT
 

@@ -166,11 +166,12 @@ def kernels():
     @cuda.jit
     def backward_kernel(dh_seq, dhT, dcT, lengths, t, Wh, w_ci, w_cf, w_co, tau, s, r_on, leak,
                         gate_open, h0, c0, h_seq, c_seq, k_seq, gates, dZ, dh_buf, dc_buf,
-                        dh_mid, part):
+                        dh_mid, part, clip):
         """BPTT, one block per sample, persistent over the steps in reverse.
 
-        Writes dZ (B, T, 4H) (zero where nothing was computed), the per-sample per-neuron
-        float64 sums ``part`` (B, 6, H) and leaves dh_0, dc_0 in dh_buf, dc_buf.
+        Writes dZ (B, T, 4H) (zero where nothing was computed; clipped to [-clip, clip]
+        after the peepholes took their share, as in the reference), the per-sample
+        per-neuron float64 sums ``part`` (B, 6, H) and leaves dh_0, dc_0 in dh_buf, dc_buf.
         """
         b = cuda.blockIdx.x
         tid = cuda.threadIdx.x
@@ -222,6 +223,11 @@ def kernels():
                 pb[0, n] += dz_i * c_old
                 pb[1, n] += dz_f * c_old
                 pb[2, n] += dz_o * ct
+                if clip < math.inf:
+                    dz_i = min(max(dz_i, -clip), clip)
+                    dz_f = min(max(dz_f, -clip), clip)
+                    dz_g = min(max(dz_g, -clip), clip)
+                    dz_o = min(max(dz_o, -clip), clip)
                 dZj[n] = dz_i
                 dZj[H + n] = dz_f
                 dZj[2 * H + n] = dz_g

@@ -147,6 +147,10 @@ def _check_network(net, what):
         raise ValueError(f"{what} does not support networks with an embedding (tokens) yet")
     if net.n_features == 0:
         raise ValueError(f"{what} needs a network that takes input features")
+    if net.readout.activation is not None:
+        raise ValueError(f"{what} supports a linear read-out only, got activation="
+                         f"{net.readout.activation!r}; train on backend 'cuda' through "
+                         f"plstm_np.train, or use readout 'linear'")
 
 
 class _DeviceStack:
@@ -275,7 +279,8 @@ class CudaTrainer:
         for i in reversed(range(len(net.layers))):
             layer = net.layers[i]
             dx_size = layer.input_size if i > 0 else 0
-            layer_grads = cb.backward_device(fwds[i], dh, dx_size=dx_size)
+            layer_grads = cb.backward_device(fwds[i], dh, dx_size=dx_size,
+                                             grad_clip=layer.grad_clip)
             dh = layer_grads.pop("x", None)
             for name in layer.params:
                 grads[f"layer{i}.{name}"] = layer_grads[name]

@@ -204,7 +204,7 @@ def _sparse_kernel_call(p, x, t, lengths, h0, c0, counts, gate_open, h_seq, stor
     return final.h, final.c, (None if readout is None else out.y_seq)
 
 
-def layer_backward(dh_seq, dstate, cache):
+def layer_backward(dh_seq, dstate, cache, grad_clip=None):
     """Backpropagation through time for :func:`layer_forward`.
 
     After a dense forward (``leak > 0`` or ``gate_open``) every neuron's gradients are
@@ -221,6 +221,8 @@ def layer_backward(dh_seq, dstate, cache):
     dstate : tuple (dh_T, dc_T) or None
     cache : dict
         From :func:`layer_forward`.
+    grad_clip : float or None
+        Clip the pre-activation gradients, as :func:`plstm_np.reference.layer_backward`.
 
     Returns
     -------
@@ -228,6 +230,7 @@ def layer_backward(dh_seq, dstate, cache):
         The gradients with the reference's keys: every parameter, and ``x``, ``h0``, ``c0``.
     """
     ensure_available()
+    clip = np.inf if grad_clip is None else float(grad_clip)
     params, p, x = cache["params"], cache["prepared"], cache["x"]
     lengths, h0, h_seq = cache["lengths"], cache["h0"], cache["h_seq"]
     B, T, D = x.shape
@@ -257,7 +260,7 @@ def layer_backward(dh_seq, dstate, cache):
                                  np.zeros((nchunks, 4 * H), dtype))
         visits = np.zeros(B, np.int64)
         backward_sparse_kernel(grads_out, seq, p["sparse"], p["peep"], p["timing"], state,
-                               h_seq, stored, nchunks, grads_in, grads_param, visits)
+                               h_seq, stored, nchunks, grads_in, grads_param, visits, clip)
         cache["backward_updates"] = int(visits.sum())
         # rows of dWhT are columns of dWh
         dWh = from_neuron_major(grads_param.dWh.sum(0)[:, :H].T)
@@ -273,7 +276,8 @@ def layer_backward(dh_seq, dstate, cache):
                                  np.zeros((nchunks, 4 * H), dtype))
         with SerialBLAS():
             backward_kernel(grads_out, seq, p["dense"], p["peep"], p["timing"], leak,
-                            gate_open, state, h_seq, stored, nchunks, grads_in, grads_param)
+                            gate_open, state, h_seq, stored, nchunks, grads_in, grads_param,
+                            clip)
         cache["backward_updates"] = int(lengths.sum()) * H
         dWh, dWx, db = (g.sum(0) for g in grads_param[4:])
     peep = dpeep.sum(0).astype(dtype)

@@ -139,8 +139,17 @@ def _add_product_rows(a_ring, b_ring, steps, part, out):
 _add_product_rows = device(_add_product_rows)
 
 
+def _clip_row(dz, clip):
+    """Clip every entry of ``dz`` to [-clip, clip] (Lasagne's ``grad_clipping``)."""
+    for col in range(dz.shape[0]):
+        dz[col] = min(max(dz[col], -clip), clip)
+
+
+_clip_row = device(_clip_row)
+
+
 def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_seq, stored,
-              nchunks, grads_in, grads_param):
+              nchunks, grads_in, grads_param, clip):
     """BPTT kernel of the dense forward (every neuron updated at every valid step: ``leak >
     0`` or ``gate_open``), parallel over ``nchunks`` chunks of the batch (``weights``
     :class:`DenseWeights`, and the pre-activation gradients dz, in gate blocks).
@@ -150,7 +159,9 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
     stored. Starts from ``grads_out`` (:class:`OutputGrads`); reads the forward's
     ``h_seq`` (B, T, H) and ``stored`` (:class:`Stored`) and its ``seq``, ``state`` (the
     initial :class:`State`); writes ``grads_in`` (:class:`InputGrads`) and adds to
-    ``grads_param`` (:class:`ParamGrads`, gate blocks).
+    ``grads_param`` (:class:`ParamGrads`, gate blocks). ``clip``: the pre-activation
+    gradients are clipped to [-clip, clip] once the peepholes have taken theirs (inf: no
+    clipping).
     """
     dh_seq = grads_out.dh_seq
     dhT = grads_out.dhT
@@ -239,6 +250,8 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
                                 not gate_open, gtau, gs, gr, dtau[b], ds[b], dr_on[b],
                                 dpeep[chunk, 0], dpeep[chunk, 1], dpeep[chunk, 2], ct, dk, dct,
                                 one)
+                if clip < np.inf:  # what leaves the step, into Wx, Wh, b, x and h_{j-1}
+                    _clip_row(dzr, clip)
                 for d in range(D):  # padded inputs may hold NaN: only valid steps read x
                     dx[b, j, d] = dot(dzr, Wx[d])
                     xd = x[b, j, d]
@@ -264,7 +277,7 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
 
 
 def _backward_sparse(grads_out, seq, weights, peep, timing, state, h_seq, stored, nchunks,
-                     grads_in, grads_param, visits):
+                     grads_in, grads_param, visits, clip):
     """BPTT through an evaluation forward (``leak = 0``) that visits only the updated neurons,
     parallel over ``nchunks`` chunks of the batch.
 
@@ -278,7 +291,8 @@ def _backward_sparse(grads_out, seq, weights, peep, timing, state, h_seq, stored
     (neuron-major, Wh's columns as rows, padded like ``WhTp``), ``dz x_j`` into ``dWx`` (D,
     4H) and ``db`` (4H,) (neuron-major). The stored gate values are read at the updated
     neurons only. ``visits`` (B,) int64 gets the number of neuron-steps visited. Other
-    arguments as in :func:`_backward` (``weights`` :class:`SparseWeights`).
+    arguments as in :func:`_backward` (``weights`` :class:`SparseWeights`), ``clip``
+    included.
     """
     dh_seq = grads_out.dh_seq
     dhT = grads_out.dhT
@@ -371,6 +385,11 @@ def _backward_sparse(grads_out, seq, weights, peep, timing, state, h_seq, stored
                     dw[0, n] += dz_i * cpn
                     dw[1, n] += dz_f * cpn
                     dw[2, n] += dz_o * ct
+                    if clip < np.inf:  # after the peepholes, as in the dense kernel
+                        dz_i = min(max(dz_i, -clip), clip)
+                        dz_f = min(max(dz_f, -clip), clip)
+                        dz_g = min(max(dz_g, -clip), clip)
+                        dz_o = min(max(dz_o, -clip), clip)
                     dz[4 * p] = dz_i
                     dz[4 * p + 1] = dz_f
                     dz[4 * p + 2] = dz_g

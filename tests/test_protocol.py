@@ -1,0 +1,209 @@
+"""The faithful protocols: the settings of the paper and of the authors' code as options
+(r_on learned, fresh data every epoch, the read-out, the input-gate bias, the LSTM's time
+scale, the superimposed task's two variants), and what the protocols choose."""
+import json
+
+import numpy as np
+import pytest
+
+import plstm_np as pl
+import plstm_np.experiments as ex
+from plstm_np import tasks
+from plstm_np.cli import main
+
+from conftest import make_network
+
+
+def differ(a, b):
+    return a.shape != b.shape or not np.array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- what each task uses
+
+def test_frequency_protocol_is_the_papers_and_the_authors():
+    """The paper where it says (tau ~ exp(U(0, 3)), r_on learned in the first task), the
+    authors' freq_task.py where it is silent (157 fresh batches of 32, 512 validation
+    sequences, lr 1e-3, grad_clipping=10, leaky-ReLU read-out, input-gate bias -0.1, raw t)."""
+    cfg = ex.default_config("frequency")
+    assert cfg["tau_exp_range"] == [0.0, 3.0] and cfg["r_on"] == 0.05 and cfg["learn_r_on"]
+    assert cfg["fresh_data"] and cfg["n_train"] == 157 * 32 and cfg["n_val"] == 512
+    assert cfg["lr"] == 1e-3 and cfg["batch_size"] == 32 and cfg["grad_clip"] == 10.0
+    assert cfg["readout"] == "leaky_relu" and cfg["input_gate_bias"] == -0.1
+    assert cfg["time_scale"] == 1.0 and cfg["dtype"] == "float32"
+    sup = ex.default_config("superimposed")
+    assert sup["variant"] == "paper" and sup["learn_r_on"] and sup["fresh_data"]
+    proto = ex.EXPERIMENTS["frequency"].protocol
+    assert (proto["epochs"], proto["n_train"], proto["n_val"], proto["seeds"]) == (70, 5024, 512, 5)
+    assert ex.EXPERIMENTS["superimposed_authors"].conditions["plstm"]["variant"] == "authors"
+    nm = ex.default_config("nmnist")
+    assert np.allclose(np.exp(nm["tau_exp_range"]), 100.0) and nm["fresh_data"]
+    assert not nm["learn_r_on"]
+
+
+def test_build_model_applies_the_protocol():
+    cfg = ex.default_config("frequency", hidden_size=6, backend="numpy")
+    net = ex.build_model(cfg)
+    layer, H = net.layers[0], 6
+    assert "r_on" not in layer.frozen and layer.dtype == np.float32
+    np.testing.assert_array_equal(layer.params["b"][:H], np.float32(-0.1))
+    np.testing.assert_array_equal(layer.params["b"][H:], 0)
+    assert net.readout.activation == "leaky_relu" and net.readout.init == "glorot_uniform"
+    bound = np.sqrt(6 / (H + 2))
+    assert np.abs(net.readout.params["W"]).max() <= bound
+    assert np.abs(net.readout.params["W"]).max() > 0.5 * bound
+    lstm = ex.build_model(dict(cfg, model="lstm", time_scale=0.5)).layers[0]
+    assert lstm.time_scale == 0.5
+    old = ex.build_model(dict(cfg, learn_r_on=False, readout="linear", input_gate_bias=0.0))
+    assert "r_on" in old.layers[0].frozen and old.readout.activation is None
+    np.testing.assert_array_equal(old.layers[0].params["b"], 0)
+
+
+def test_a_configuration_saved_before_the_protocol_options_still_builds():
+    """Checkpoints of 0.1.0 hold configurations without the new keys: they get 0.1.0's
+    behaviour (r_on fixed, a linear read-out, zero biases, the task's time scale)."""
+    cfg = ex.default_config("frequency", hidden_size=4, backend="numpy")
+    for key in ("learn_r_on", "grad_clip", "readout", "input_gate_bias", "time_scale",
+                "fresh_data", "variant"):
+        cfg.pop(key)
+    net = ex.build_model(cfg)
+    assert "r_on" in net.layers[0].frozen and net.readout.activation is None
+    assert len(ex.make_data(dict(cfg, n_train=4, n_val=4))[0]) == 4
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("learn_r_on", "yes", "learn_r_on must be True or False"),
+    ("fresh_data", 1, "fresh_data must be True or False"),
+    ("grad_clip", -1.0, "grad_clip must be None"),
+    ("grad_clip", float("inf"), "grad_clip must be None"),
+    ("readout", "relu", "readout must be one of"),
+    ("input_gate_bias", float("nan"), "input_gate_bias must be a finite number"),
+    ("time_scale", 0.0, "time_scale must be a finite number > 0"),
+    ("lr", float("inf"), "lr must be a finite number > 0"),
+    ("variant", "theirs", "variant must be one of"),
+])
+def test_bad_protocol_values(key, value, words):
+    task = "superimposed" if key == "variant" else "frequency"
+    with pytest.raises(ValueError, match=words):
+        ex.default_config(task, **{key: value})
+
+
+def test_option_scope_errors():
+    with pytest.raises(ValueError, match="variant applies to the superimposed task"):
+        ex.default_config("frequency", variant="authors")
+    with pytest.raises(ValueError, match="fresh_data applies to the synthetic tasks"):
+        ex.make_data(ex.default_config("digits", fresh_data=True))
+    assert ex.default_config("frequency", grad_clip=0)["grad_clip"] is None  # 0: off
+
+
+# ----------------------------------------------------------------------------- fresh data
+
+def test_fresh_data_is_drawn_from_seed_and_epoch():
+    cfg = ex.default_config("frequency", n_train=40, n_val=8, seed=3)
+    train, val = ex.make_data(cfg)
+    assert isinstance(train, ex.FreshData) and len(train) == 40
+    e1, e1_again, e2 = train(1), ex.make_data(cfg)[0](1), train(2)
+    np.testing.assert_array_equal(e1.x, e1_again.x)  # a resumed run sees the same data
+    np.testing.assert_array_equal(e1.t, e1_again.t)
+    assert len(e1) == 40 and differ(e1.t, e2.t) and differ(e1.x, e2.x)
+    expected = tasks.frequency_discrimination(40, "async", rng=np.random.default_rng([3, 0, 2]),
+                                              dtype=np.float32)
+    np.testing.assert_array_equal(e2.x, expected.x)
+    other_seed = ex.make_data(dict(cfg, seed=4))[0](1)
+    assert differ(e1.t, other_seed.t)
+    fixed, _ = ex.make_data(dict(cfg, fresh_data=False))
+    assert isinstance(fixed, pl.Dataset) and len(fixed) == 40
+
+
+def test_nmnist_fresh_data_resamples_the_events_of_the_same_recordings():
+    cfg = ex.default_config("nmnist", n_train=12, n_val=5, rho=0.5)
+    train, val = ex.make_data(cfg)
+    e1, e2 = train(1), train(2)
+    assert len(train) == len(e1) == len(e2) == 12
+    np.testing.assert_array_equal(e1.y, e2.y)  # the same recordings...
+    assert not np.array_equal(e1.lengths, e2.lengths)  # ...with other events kept
+    full = ex.make_data(dict(cfg, rho=1.0))[0](1)
+    np.testing.assert_array_equal(full.y, e1.y)
+    assert (e1.lengths < full.lengths).all() and (e1.lengths > 0.3 * full.lengths).all()
+    np.testing.assert_array_equal(val.y, ex.make_data(cfg)[1].y)  # validation is fixed
+
+
+# ----------------------------------------------------------------------------- superimposed
+
+def test_superimposed_authors_variant_follows_the_authors_script():
+    data, info = tasks.superimposed_frequencies(400, variant="authors", rng=2, return_info=True)
+    assert 1.0 <= info["duration"].min() and info["duration"].max() <= 100.0
+    assert 100 <= data.lengths.min() and data.lengths.max() <= 999
+    assert (info["start"] >= 0).all() and (info["start"] + info["duration"] <= 100.0).all()
+    j = np.arange(data.t.shape[1])[None] < data.lengths[:, None]
+    # sin(t / T), no 2 pi, as the script computes it
+    expected = (np.sin(data.t / info["period1"][:, None] + info["phase1"][:, None])
+                + np.sin(data.t / info["period2"][:, None] + info["phase2"][:, None]))
+    np.testing.assert_allclose(data.x[..., 0][j], expected[j], atol=1e-12)
+    paper = tasks.superimposed_frequencies(50, variant="paper", rng=2)
+    assert paper.lengths.max() <= 125
+    with pytest.raises(ValueError, match="variant must be one of"):
+        tasks.superimposed_frequencies(5, variant="theirs")
+
+
+def test_superimposed_variant_reaches_the_data():
+    cfg = ex.default_config("superimposed", variant="authors", n_train=8, n_val=8)
+    assert ex.make_data(cfg)[1].lengths.min() >= 100
+
+
+# ----------------------------------------------------------------------------- the read-out
+
+def test_leaky_relu_readout_forward_and_backward():
+    rng = np.random.default_rng(0)
+    dense = pl.Dense(5, 3, activation="leaky_relu", rng=rng)
+    h = rng.normal(size=(7, 5))
+    a = h @ dense.params["W"] + dense.params["b"]
+    y = dense.forward(h)
+    np.testing.assert_array_equal(y[a > 0], a[a > 0])
+    np.testing.assert_allclose(y[a <= 0], 0.01 * a[a <= 0], rtol=1e-15)
+    dy = rng.normal(size=y.shape)
+    grads, dh = dense.backward(dy, h)
+    slope = np.where(a > 0, 1.0, 0.01)
+    np.testing.assert_allclose(dh, (dy * slope) @ dense.params["W"].T, rtol=1e-13)
+    np.testing.assert_allclose(grads["W"], h.T @ (dy * slope), rtol=1e-13)
+    np.testing.assert_allclose(grads["b"], (dy * slope).sum(0), rtol=1e-13)
+    for kwargs, words in ((dict(activation="relu"), "activation must be"),
+                          (dict(leakiness=1.0), "leakiness must be"),
+                          (dict(init="he"), "init must be")):
+        with pytest.raises(ValueError, match=words):
+            pl.Dense(2, 2, **kwargs)
+
+
+def test_leaky_relu_readout_is_saved_and_streamed(tmp_path):
+    rng = np.random.default_rng(4)
+    net = make_network(rng, readout_at="every", activation="leaky_relu")
+    net.readout.params["b"][:] = [-0.3, 0.3]  # both signs of the pre-activation
+    net.save(tmp_path / "net.npz")
+    loaded = pl.load(tmp_path / "net.npz")
+    assert loaded.readout.activation == "leaky_relu" and loaded.readout.leakiness == 0.01
+    t = np.sort(rng.uniform(0.0, 40.0, (1, 30)), axis=1)
+    x = rng.normal(size=(1, 30, net.n_features))
+    tokens = rng.integers(0, net.embedding.num_embeddings, (1, 30))
+    whole = net.forward(x, t, tokens=tokens, training=False)[0]
+    assert (whole < 0).any() and (whole > 0).any()
+    net.backend = "numba"
+    streamed = pl.Stream(net).push(x[0], t[0], tokens[0])
+    np.testing.assert_allclose(streamed, whole[0], rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def test_cli_protocol_options_reach_the_configuration(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "superimposed", "--variant", "authors", "--no-learn-r-on",
+                 "--no-fresh-data", "--grad-clip", "0", "--readout", "linear",
+                 "--input-gate-bias", "0.5", "--n-train", "8", "--n-val", "8", "--epochs", "1",
+                 "--hidden", "4", "--quiet", "--out", str(out), "--dtype", "float64"])
+    assert code == 0, capsys.readouterr()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["variant"] == "authors" and cfg["learn_r_on"] is False
+    assert cfg["fresh_data"] is False and cfg["grad_clip"] is None
+    assert cfg["readout"] == "linear" and cfg["input_gate_bias"] == 0.5
+    assert cfg["dtype"] == "float64"
+    with pytest.raises(SystemExit):
+        main(["train", "--grad-clip", "-1"])
+    assert "expected a finite number >= 0" in capsys.readouterr().err
