@@ -157,6 +157,15 @@ class PhasedLSTM:
             "w_co": rng.normal(0.0, std, H).astype(dt),
         }
 
+    @property
+    def grad_clip(self):
+        """The BPTT clip of the pre-activation gradients (float), or None; checked when set."""
+        return self._grad_clip
+
+    @grad_clip.setter
+    def grad_clip(self, value):
+        self._grad_clip = _check_grad_clip(value)
+
     # ------------------------------------------------------------------ running
     def gate_inputs(self, x, t):
         """The input the gates see: ``x`` itself (the LSTM baseline appends the timestamp).

@@ -180,11 +180,33 @@ def test_cuda_trainer_clips_like_the_host():
     assert not np.allclose(net.loss_and_grads(batch)[1]["layer0.Wx"], g_ref["layer0.Wx"])
 
 
-@pytest.mark.parametrize("value", [0, -1.0, np.nan, np.inf, "10", True])
-def test_bad_grad_clip_is_refused(value):
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-1.0, ValueError),
+                                          (np.nan, ValueError), (np.inf, ValueError),
+                                          ("10", TypeError), (True, TypeError)])
+def test_bad_grad_clip_is_refused(value, error):
     for cls in (pl.PhasedLSTM, pl.LSTM):
-        with pytest.raises(ValueError, match="grad_clip must be None"):
+        with pytest.raises(error, match="grad_clip must be None"):
             cls(2, 3, grad_clip=value)
+        layer = cls(2, 3, grad_clip=10)
+        assert layer.grad_clip == 10.0 and type(layer.grad_clip) is float
+        with pytest.raises(error, match="grad_clip must be None"):  # also when set later
+            layer.grad_clip = value
+        assert layer.grad_clip == 10.0
+
+
+def test_gradient_check_sees_the_clip():
+    """Without clipping (None, or a clip that never acts) the BPTT gradients are the true
+    ones; an active clip is what the network's gradients carry, so they are not."""
+    rng = np.random.default_rng(7)
+    net = make_network(rng)
+    batch = make_batch(net, rng, margin=0.02)
+    for clip in (None, 1e30):
+        for layer in net.layers:
+            layer.grad_clip = clip
+        assert pl.check_gradients(net, batch).worst <= 1e-6, clip
+    for layer in net.layers:
+        layer.grad_clip = 1e-3
+    assert pl.check_gradients(net, batch).worst > 1e-2
 
 
 def test_grad_clip_is_saved_and_loaded(tmp_path):

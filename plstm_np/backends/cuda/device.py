@@ -169,7 +169,7 @@ def backward_device(fwd, dh_seq, dhT=None, dcT=None, *, dx_size=None, threads_pe
             dh_seq, dhT, dcT, fwd["lengths"], fwd["t"], p["Wh"], p["w_ci"], p["w_cf"],
             p["w_co"], tau, s, r_on, fwd["leak"], layer.gate_open, fwd["h0"], fwd["c0"],
             fwd["h_seq"], fwd["c_seq"], fwd["k"], fwd["gates"], dZ, dh_buf, dc_buf, dh_mid, part,
-            np.inf if grad_clip is None else float(grad_clip))
+            dtype.type(np.inf if grad_clip is None else grad_clip))  # inf: not clipped
     else:
         dh_buf, dc_buf = dhT, dcT
 

@@ -230,12 +230,12 @@ def layer_backward(dh_seq, dstate, cache, grad_clip=None):
         The gradients with the reference's keys: every parameter, and ``x``, ``h0``, ``c0``.
     """
     ensure_available()
-    clip = np.inf if grad_clip is None else float(grad_clip)
     params, p, x = cache["params"], cache["prepared"], cache["x"]
     lengths, h0, h_seq = cache["lengths"], cache["h0"], cache["h_seq"]
     B, T, D = x.shape
     H = params["Wh"].shape[0]
     dtype = params["Wh"].dtype
+    clip = dtype.type(np.inf if grad_clip is None else grad_clip)  # inf: not clipped
     if dstate is None:
         dhT, dcT = np.zeros((B, H), dtype), np.zeros((B, H), dtype)
     else:

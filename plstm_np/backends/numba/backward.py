@@ -159,9 +159,9 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
     stored. Starts from ``grads_out`` (:class:`OutputGrads`); reads the forward's
     ``h_seq`` (B, T, H) and ``stored`` (:class:`Stored`) and its ``seq``, ``state`` (the
     initial :class:`State`); writes ``grads_in`` (:class:`InputGrads`) and adds to
-    ``grads_param`` (:class:`ParamGrads`, gate blocks). ``clip``: the pre-activation
-    gradients are clipped to [-clip, clip] once the peepholes have taken theirs (inf: no
-    clipping).
+    ``grads_param`` (:class:`ParamGrads`, gate blocks). ``clip`` (model dtype): the
+    pre-activation gradients are clipped to [-clip, clip] once the peepholes have taken
+    theirs (inf: no clipping).
     """
     dh_seq = grads_out.dh_seq
     dhT = grads_out.dhT
