@@ -75,6 +75,11 @@ def _experiment(text):
     return name
 
 
+#: The protocol options ``train`` and ``reproduce`` share (configuration keys).
+_PROTOCOL_OPTIONS = ("learn_r_on", "fresh_data", "grad_clip", "readout", "input_gate_bias",
+                     "time_scale", "variant")
+
+
 def _add_run_options(p, *, reproduce=False):
     """Options shared by ``train`` and ``reproduce`` (None = the task's/protocol's default)."""
     p.add_argument("--epochs", type=_positive_int, help="training epochs")
@@ -88,6 +93,25 @@ def _add_run_options(p, *, reproduce=False):
     p.add_argument("--rho", type=_rate, help="N-MNIST: probability of keeping each event")
     p.add_argument("--max-batches", type=_positive_int, dest="max_batches",
                    help="stop every epoch after this many batches (quick runs)")
+    p.add_argument("--learn-r-on", action=argparse.BooleanOptionalAction, dest="learn_r_on",
+                   help="learn the open ratio (default: the task's protocol; learned in the "
+                   "frequency tasks)")
+    p.add_argument("--fresh-data", action=argparse.BooleanOptionalAction, dest="fresh_data",
+                   help="draw fresh training data every epoch (N-MNIST: resample the events); "
+                   "default: the task's protocol")
+    p.add_argument("--grad-clip", type=_non_negative_float, dest="grad_clip",
+                   help="clip each step's gate pre-activation gradients to +-C in BPTT "
+                   "(Lasagne's grad_clipping; 0: off; default: the task's protocol)")
+    p.add_argument("--readout", choices=list(ex.READOUTS),
+                   help="linear, or leaky_relu: the authors' read-out (Glorot init, leaky "
+                   "ReLU 0.01, then softmax); default: the task's protocol")
+    p.add_argument("--input-gate-bias", type=float, dest="input_gate_bias",
+                   help="initial input-gate bias (the authors' code: -0.1)")
+    p.add_argument("--time-scale", type=_positive_float, dest="time_scale",
+                   help="LSTM baseline: its timestamp input is t * SCALE (1: raw ms, as the "
+                   "authors' code)")
+    p.add_argument("--variant", choices=list(ex.VARIANTS),
+                   help="superimposed task: the paper's text (default) or the authors' script")
     p.add_argument("--backend", choices=["numba", "numpy", "cuda"], default="numba",
                    help="compute backend (default numba; falls back to numpy if it cannot run)")
     p.add_argument("--overwrite", action="store_true",
@@ -120,25 +144,6 @@ def build_parser():
                    help="Phased LSTM periods tau = exp(U(LO, HI)) ms")
     p.add_argument("--r-on", type=_rate, dest="r_on",
                    help="initial open ratio of the time gate (0.05)")
-    p.add_argument("--learn-r-on", action=argparse.BooleanOptionalAction, dest="learn_r_on",
-                   help="learn the open ratio (default: the task's protocol; learned in the "
-                   "frequency tasks)")
-    p.add_argument("--fresh-data", action=argparse.BooleanOptionalAction, dest="fresh_data",
-                   help="draw fresh training data every epoch (N-MNIST: resample the events); "
-                   "default: the task's protocol")
-    p.add_argument("--grad-clip", type=_non_negative_float, dest="grad_clip",
-                   help="clip each step's gate pre-activation gradients to +-C in BPTT "
-                   "(Lasagne's grad_clipping; 0: off; default: the task's protocol)")
-    p.add_argument("--readout", choices=list(ex.READOUTS),
-                   help="linear, or leaky_relu: the authors' read-out (Glorot init, leaky "
-                   "ReLU 0.01, then softmax); default: the task's protocol")
-    p.add_argument("--input-gate-bias", type=float, dest="input_gate_bias",
-                   help="initial input-gate bias (the authors' code: -0.1)")
-    p.add_argument("--time-scale", type=_positive_float, dest="time_scale",
-                   help="LSTM baseline: its timestamp input is t * SCALE (1: raw ms, as the "
-                   "authors' code)")
-    p.add_argument("--variant", choices=list(ex.VARIANTS),
-                   help="superimposed task: the paper's text (default) or the authors' script")
     p.add_argument("--dtype", choices=["float64", "float32"],
                    help="parameter dtype (default: the task's protocol; the phase is float64 "
                    "either way)")
@@ -240,7 +245,7 @@ def _reproduce(args, out):
         overwrite=args.overwrite, backend=args.backend, seeds=args.seeds, epochs=args.epochs,
         n_train=args.n_train, n_val=args.n_val, batch_size=args.batch_size, lr=args.lr,
         hidden_size=args.hidden_size, rho=args.rho, max_batches=args.max_batches,
-        test_rhos=args.test_rhos)
+        test_rhos=args.test_rhos, **{k: getattr(args, k) for k in _PROTOCOL_OPTIONS})
     print(ex.results_markdown(results), file=out)
     print("figures: " + ", ".join(results["figures"]), file=out)
     return 0

@@ -207,3 +207,16 @@ def test_cli_protocol_options_reach_the_configuration(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--grad-clip", "-1"])
     assert "expected a finite number >= 0" in capsys.readouterr().err
+
+
+def test_reproduce_takes_the_protocol_options(tmp_path, capsys):
+    code = main(["reproduce", "frequency", "--quick", "--no-learn-r-on", "--grad-clip", "2",
+                 "--conditions", "plstm-async", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr()
+    cfg = json.loads((tmp_path / "frequency/runs/plstm-async/seed0/config.json").read_text())
+    assert cfg["learn_r_on"] is False and cfg["grad_clip"] == 2.0
+    table = (tmp_path / "frequency/results.md").read_text()
+    assert "r_on fixed" in table and "clipped to ±2" in table
+    assert main(["reproduce", "frequency", "--quick", "--variant", "authors",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "variant applies to the superimposed task" in capsys.readouterr().err

@@ -58,7 +58,7 @@ from .backward import SPARSE_BACKWARD, backward_kernel, backward_sparse_kernel
 from .forward import forward_dense_kernel, forward_kernel, forward_kernel_serial
 from .intrinsics import SCREEN_MARGIN
 from .layouts import cached_layouts, from_neuron_major, prepare_params, to_neuron_major, token_table
-from .workspace import SerialBLAS, clear_workspace, num_chunks, reusable
+from .workspace import SerialBLAS, clear_workspace, num_chunks, packed_order, reusable
 
 __all__ = ["layer_forward", "layer_backward", "ensure_available", "to_neuron_major",
            "prepare_params", "stream_forward", "clear_workspace", "token_table",
@@ -132,10 +132,11 @@ def _forward_dense_run(p, x, t, lengths, h0, c0, leak, gate_open):
     h_seq = reusable("h_seq", (B, T, H), dtype)
     stored = _stored_block(B, T, H, dtype)
     final = State(np.empty((B, H), dtype), np.empty((B, H), dtype))
+    nchunks = num_chunks(B)
     with SerialBLAS():
         forward_dense_kernel(Sequence(x, t, lengths), p["dense"], p["peep"], p["timing"], leak,
-                             bool(gate_open), State(h0, c0), num_chunks(B), h_seq, stored,
-                             final)
+                             bool(gate_open), State(h0, c0), nchunks,
+                             packed_order(lengths, nchunks), h_seq, stored, final)
     return h_seq, tuple(final), stored
 
 
@@ -276,8 +277,8 @@ def layer_backward(dh_seq, dstate, cache, grad_clip=None):
                                  np.zeros((nchunks, 4 * H), dtype))
         with SerialBLAS():
             backward_kernel(grads_out, seq, p["dense"], p["peep"], p["timing"], leak,
-                            gate_open, state, h_seq, stored, nchunks, grads_in, grads_param,
-                            clip)
+                            gate_open, state, h_seq, stored, nchunks,
+                            packed_order(lengths, nchunks), grads_in, grads_param, clip)
         cache["backward_updates"] = int(lengths.sum()) * H
         dWh, dWx, db = (g.sum(0) for g in grads_param[4:])
     peep = dpeep.sum(0).astype(dtype)

@@ -124,13 +124,10 @@ SPARSE_BACKWARD = 0.2  # after a leak-free forward, the backward visits only the
 # neurons when they are at most this share of all (else the dense kernels are faster)
 
 
-def _add_product_rows(a_ring, b_ring, steps, part, out):
-    """``out += A^T B`` for the first ``steps`` slabs of two rings (steps, rows, .) of
-    step-major rows: one BLAS product into ``part``, then one pass adding it."""
-    rows = steps * a_ring.shape[1]
-    a = a_ring.reshape(a_ring.shape[0] * a_ring.shape[1], a_ring.shape[2])[:rows]
-    b = b_ring.reshape(b_ring.shape[0] * b_ring.shape[1], b_ring.shape[2])[:rows]
-    np.dot(a.T, b, part)
+def _add_product_rows(a_ring, b_ring, rows, part, out):
+    """``out += A^T B`` for the first ``rows`` rows of two rings (rows of the last steps,
+    step after step): one BLAS product into ``part``, then one pass adding it."""
+    np.dot(a_ring[:rows].T, b_ring[:rows], part)
     for q in range(out.shape[0]):
         for col in range(out.shape[1]):
             out[q, col] += part[q, col]
@@ -149,14 +146,17 @@ _clip_row = device(_clip_row)
 
 
 def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_seq, stored,
-              nchunks, grads_in, grads_param, clip):
+              nchunks, order, grads_in, grads_param, clip):
     """BPTT kernel of the dense forward (every neuron updated at every valid step: ``leak >
     0`` or ``gate_open``), parallel over ``nchunks`` chunks of the batch (``weights``
     :class:`DenseWeights`, and the pre-activation gradients dz, in gate blocks).
 
     Per chunk and step, after the cells: two BLAS products, ``dz Wh^T`` (into dh) and
     ``h_{j-1}^T dz`` (into the chunk's dWh), so dz never leaves the cache and is never
-    stored. Starts from ``grads_out`` (:class:`OutputGrads`); reads the forward's
+    stored. Packed as the forward (``order``: see
+    :func:`~plstm_np.backends.numba.forward._forward_dense`): both products cover only the
+    rows still running at the step. Starts from ``grads_out`` (:class:`OutputGrads`); reads
+    the forward's
     ``h_seq`` (B, T, H) and ``stored`` (:class:`Stored`) and its ``seq``, ``state`` (the
     initial :class:`State`); writes ``grads_in`` (:class:`InputGrads`) and adds to
     ``grads_param`` (:class:`ParamGrads`, gate blocks). ``clip`` (model dtype): the
@@ -203,12 +203,17 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
     for chunk in prange(nchunks):
         b0, b1 = chunk_bounds(chunk, nchunks, B)
         nb = b1 - b0
-        dh = dhT[b0:b1].copy()
-        dc = dcT[b0:b1].copy()
-        # the last _WG_STEPS steps' dz and h_{j-1} of the chunk, for h_prev^T dz
-        dz_ring = np.empty((_WG_STEPS, nb, H4), h0.dtype)
-        h_ring = np.empty((_WG_STEPS, nb, H), h0.dtype)
-        filled = 0
+        dh = np.empty((nb, H), h0.dtype)
+        dc = np.empty((nb, H), h0.dtype)
+        for r in range(nb):
+            copy(dh[r], dhT[order[b0 + r]])
+            copy(dc[r], dcT[order[b0 + r]])
+        # the running rows' dz and h_{j-1} of the chunk's last _WG_STEPS steps, one step
+        # after the other, for h_prev^T dz
+        dz_ring = np.empty((_WG_STEPS * nb, H4), h0.dtype)
+        h_ring = np.empty((_WG_STEPS * nb, H), h0.dtype)
+        steps = 0
+        filled = 0  # rows of the rings in use
         dhp = np.empty((nb, H), h0.dtype)
         part = np.empty((H, H4), h0.dtype)
         kbuf = np.empty(H, h0.dtype)
@@ -222,23 +227,22 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
         dWh = dWhN[chunk]
         dWx = dWxN[chunk]
         db = dbN[chunk]
+        active = 0  # rows r < active are running at step j (sorted by decreasing length)
         for j in range(T - 1, -1, -1):
-            dz = dz_ring[filled]
-            h_prev = h_ring[filled]
-            any_valid = False
+            while active < nb and lengths[order[b0 + active]] > j:
+                active += 1
+            dz = dz_ring[filled:filled + active]
+            h_prev = h_ring[filled:filled + active]
             for r in range(nb):
-                b = b0 + r
-                dzr = dz[r]
+                b = order[b0 + r]
                 for n in range(H):
                     dh[r, n] += dh_seq[b, j, n]
-                hp = h_seq[b, j - 1] if j > 0 else h0[b]
-                copy(h_prev[r], hp)
-                if j >= lengths[b]:  # padded step: state carried, nothing computed
-                    for col in range(H4):
-                        dzr[col] = 0
+                if r >= active:  # padded step: state carried, nothing computed
                     dx[b, j] = 0
                     continue
-                any_valid = True
+                dzr = dz[r]
+                hp = h_seq[b, j - 1] if j > 0 else h0[b]
+                copy(h_prev[r], hp)
                 cp = c_seq[b, j - 1] if j > 0 else c0[b]
                 if gate_open:
                     kbuf[:] = one
@@ -260,20 +264,23 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
                         dWx_d[col] += xd * dzr[col]
                 for col in range(H4):
                     db[col] += dzr[col]
-            if not any_valid:  # every row of dz is zero
+            if active == 0:  # the whole chunk is padding here
                 continue
-            blocked_dot(dz, WhT, dhp)  # rows of padded steps are zero: dh unchanged
-            for r in range(nb):
+            blocked_dot(dz, WhT, dhp[:active])
+            for r in range(active):
                 for n in range(H):
                     dh[r, n] += dhp[r, n]
-            filled += 1
-            if filled == _WG_STEPS or j == 0:
+            filled += active
+            steps += 1
+            if steps == _WG_STEPS or j == 0:
                 _add_product_rows(h_ring, dz_ring, filled, part, dWh)
                 filled = 0
-        if filled > 0:  # the last steps were padding for the whole chunk
+                steps = 0
+        if filled > 0:
             _add_product_rows(h_ring, dz_ring, filled, part, dWh)
-        dh0[b0:b1] = dh
-        dc0[b0:b1] = dc
+        for r in range(nb):
+            copy(dh0[order[b0 + r]], dh[r])
+            copy(dc0[order[b0 + r]], dc[r])
 
 
 def _backward_sparse(grads_out, seq, weights, peep, timing, state, h_seq, stored, nchunks,

@@ -397,11 +397,17 @@ def _cells_row(z, k, c, h, w_ci, w_cf, w_co, i_out, f_out, g_out, o_out, tanh_ct
 _cells_row = device(_cells_row)
 
 
-def _forward_dense(seq, weights, peep, timing, leak, gate_open, state, nchunks, h_seq, stored,
-                   final):
+def _forward_dense(seq, weights, peep, timing, leak, gate_open, state, nchunks, order, h_seq,
+                   stored, final):
     """Training forward (every neuron updates at every valid step), parallel over
     ``nchunks`` chunks of the batch, one BLAS product ``h_{j-1} Wh`` per chunk and step
     (``weights`` :class:`DenseWeights`: gate blocks).
+
+    Packed like PyTorch's packed sequences: chunk ``c`` takes the rows ``order[b0:b1]``
+    (:func:`chunk_bounds`), sorted by decreasing length (see
+    :func:`~plstm_np.backends.numba.workspace.packed_order`), so the rows still running at
+    step j are the first ``active`` of the chunk and the product covers only them: padding
+    costs no arithmetic.
 
     Writes ``h_seq`` and ``stored.c_seq`` (B, T, H) at every step, the other ``stored``
     values at valid steps, and the final :class:`State` ``final``. Other arguments as in
@@ -436,17 +442,25 @@ def _forward_dense(seq, weights, peep, timing, leak, gate_open, state, nchunks, 
     inv_tau, two_r, _ = gate_constants(tau, r_on)
     for chunk in prange(nchunks):
         b0, b1 = chunk_bounds(chunk, nchunks, B)
-        h = h0[b0:b1].copy()
-        c = c0[b0:b1].copy()
-        z = np.empty((b1 - b0, H4), h0.dtype)
+        nb = b1 - b0
+        h = np.empty((nb, H), h0.dtype)
+        c = np.empty((nb, H), h0.dtype)
+        for r in range(nb):
+            copy(h[r], h0[order[b0 + r]])
+            copy(c[r], c0[order[b0 + r]])
+        z = np.empty((nb, H4), h0.dtype)
         kbuf = np.empty(H, h0.dtype)
         ct = np.empty(H, h0.dtype)
         phis = np.empty(H)
+        active = nb  # rows r < active are still running at step j
         for j in range(T):
-            blocked_dot(h, Wh, z)
-            for r in range(b1 - b0):
-                b = b0 + r
-                if j < lengths[b]:
+            while active > 0 and lengths[order[b0 + active - 1]] <= j:
+                active -= 1
+            if active > 0:
+                blocked_dot(h[:active], Wh, z[:active])
+            for r in range(nb):
+                b = order[b0 + r]
+                if r < active:
                     zr = z[r]
                     for col in range(H4):
                         zr[col] += b_[col]
@@ -463,8 +477,9 @@ def _forward_dense(seq, weights, peep, timing, leak, gate_open, state, nchunks, 
                                g_c[b, j], o_c[b, j], tanh_ct_c[b, j], ct, one)
                 copy(h_seq[b, j], h[r])
                 copy(c_seq[b, j], c[r])
-        hT[b0:b1] = h
-        cT[b0:b1] = c
+        for r in range(nb):
+            copy(hT[order[b0 + r]], h[r])
+            copy(cT[order[b0 + r]], c[r])
 
 
 forward_kernel = kernel(_forward_sparse, parallel=True)

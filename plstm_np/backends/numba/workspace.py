@@ -144,3 +144,35 @@ def num_chunks(B):
     """Chunks of the batch for the dense kernels: one per thread (at most B)."""
     threads = numba.get_num_threads() if config.NUMBA_PARALLEL else 1
     return max(1, min(B, threads))
+
+
+def packed_order(lengths, nchunks):
+    """The order in which the dense kernels take the rows of a batch (packed sequences).
+
+    Chunk ``c`` owns positions ``c * B // nchunks`` to ``(c + 1) * B // nchunks`` of the
+    returned permutation; the rows sorted by decreasing length are dealt to the chunks in
+    turn, so that every chunk gets a similar share of the work and, within a chunk, the rows
+    still running at any step come first (the kernels' products then skip the others).
+
+    Parameters
+    ----------
+    lengths : ndarray (B,) of int64
+    nchunks : int
+
+    Returns
+    -------
+    ndarray (B,) of int64
+        A permutation of ``range(B)``.
+    """
+    B = len(lengths)
+    bounds = [(c * B // nchunks, (c + 1) * B // nchunks) for c in range(nchunks)]
+    fill = [b0 for b0, _ in bounds]
+    order = np.empty(B, np.int64)
+    c = 0
+    for row in np.argsort(-lengths, kind="stable"):
+        while fill[c] == bounds[c][1]:  # that chunk is full: the next one
+            c = (c + 1) % nchunks
+        order[fill[c]] = row
+        fill[c] += 1
+        c = (c + 1) % nchunks
+    return order
