@@ -108,7 +108,7 @@ def test_evaluate_on_a_folder_of_nmnist_recordings(tmp_path, capsys, layout):
     assert result["n"] == 3
     recordings, _ = load_nmnist(folder, label_file=tmp_path / "labels.txt"
                                 if layout == "label_file" else None)
-    data = to_dataset(recordings, labels)
+    data = to_dataset(recordings, labels, dtype=np.float32)  # the protocol's dtype
     direct = pl.load(out / "checkpoint.npz").evaluate(data)
     assert result["accuracy"] == direct["accuracy"]
     assert result["dense_updates_per_neuron"] == pytest.approx(
