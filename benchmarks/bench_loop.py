@@ -8,6 +8,11 @@ padded per batch, validation on 512 sequences every epoch, float32) and counts i
 throughput in **valid** sample-steps per second of wall time, data generation and validation
 included. The target: the loop reaches at least 80 % of the kernel benchmark.
 
+From the same epochs (157 fresh batches of 32, the protocol's, Phased LSTM and LSTM, every
+sampling condition) it extrapolates the hours that the full Fig. 3d protocol takes (3
+conditions x 2 models x 5 seeds x 70 epochs, one run after another): the target is at most
+3 hours on a 2-core machine.
+
 It also breaks the loop's wall time down into data generation, training steps and
 validation, and times the kernel benchmark before and after the loops (the faster of the
 two is used, so that the ratio is not flattered by a slow kernel measurement).
@@ -52,9 +57,10 @@ def kernel_benchmark(repeats):
     return steps / best, steps / median
 
 
-def protocol_loop(sampling, batches, epochs):
+def protocol_loop(sampling, batches, epochs, model="plstm"):
     """The frequency protocol's loop for ``epochs`` epochs of ``batches`` fresh batches."""
-    cfg = ex.default_config("frequency", sampling=sampling, n_train=32 * batches, epochs=epochs)
+    cfg = ex.default_config("frequency", sampling=sampling, model=model, n_train=32 * batches,
+                            epochs=epochs)
     net = ex.build_model(cfg)
     train_data, val = ex.make_data(cfg)
     opt = Adam(net, lr=cfg["lr"])
@@ -73,7 +79,8 @@ def protocol_loop(sampling, batches, epochs):
     padded = int(sum(sum(int(b.lengths.max()) * len(b.lengths) for b in
                          d.batches(32, rng=np.random.default_rng(0))) for d in seen))
     train_seconds = sum(r["seconds"] for r in history)
-    return dict(sampling=sampling, batches_per_epoch=batches, epochs=epochs, wall_seconds=wall,
+    return dict(sampling=sampling, model=model, batches_per_epoch=batches, epochs=epochs,
+                wall_seconds=wall, epoch_seconds=wall / epochs,
                 valid_sample_steps=valid, padded_sample_steps=padded,
                 valid_sample_steps_per_s=valid / wall,
                 training_seconds=train_seconds, data_seconds=data_seconds,
@@ -98,13 +105,16 @@ def main():
                    command="python benchmarks/bench_loop.py" + (" --quick" if args.quick else ""))
     before = kernel_benchmark(repeats)
     loops = []
-    for sampling in ("standard", "async", "high_res"):
-        # high resolution: sequences 10x longer, one epoch
-        loops.append(protocol_loop(sampling, batches, 1 if sampling == "high_res" else epochs))
-        r = loops[-1]
-        print(f"loop {sampling:9s}: {r['valid_sample_steps_per_s']:10,.0f} valid sample-steps/s "
-              f"(train {r['training_seconds']:.2f} s, data {r['data_seconds']:.2f} s, "
-              f"validation {r['validation_seconds']:.2f} s of {r['wall_seconds']:.2f} s)")
+    for model in ("plstm", "lstm"):
+        for sampling in ("standard", "async", "high_res"):
+            # high resolution: sequences 10x longer, one epoch
+            loops.append(protocol_loop(sampling, batches,
+                                       1 if sampling == "high_res" else epochs, model))
+            r = loops[-1]
+            print(f"loop {model} {sampling:9s}: {r['valid_sample_steps_per_s']:10,.0f} valid "
+                  f"sample-steps/s (train {r['training_seconds']:.2f} s, data "
+                  f"{r['data_seconds']:.2f} s, validation {r['validation_seconds']:.2f} s of "
+                  f"{r['wall_seconds']:.2f} s)")
     after = kernel_benchmark(repeats)
     kernel = max(before[0], after[0])
     results["kernel_benchmark"] = dict(best_before=before[0], median_before=before[1],
@@ -114,7 +124,17 @@ def main():
         r["ratio_to_kernel_benchmark"] = r["valid_sample_steps_per_s"] / kernel
     results["loops"] = loops
     print(f"kernel benchmark: {kernel:,.0f} sample-steps/s; loop / kernel: "
-          + ", ".join(f"{r['sampling']} {r['ratio_to_kernel_benchmark']:.2f}" for r in loops))
+          + ", ".join(f"{r['model']} {r['sampling']} {r['ratio_to_kernel_benchmark']:.2f}"
+                      for r in loops))
+    # Fig. 3d at the paper's protocol: 3 conditions x 2 models x 5 seeds x 70 epochs of 157
+    # batches, one run after the other, from the measured epochs (quick mode: scaled up)
+    scale = 157 / batches
+    hours = {f"{r['model']}-{r['sampling']}": 5 * 70 * r["epoch_seconds"] * scale / 3600
+             for r in loops}
+    results["fig3d_protocol_hours"] = dict(per_condition=hours, total=sum(hours.values()),
+                                           target=3.0, runs_in_sequence=True)
+    print("Fig. 3d protocol, hours: " + ", ".join(f"{k} {v:.2f}" for k, v in hours.items())
+          + f"; total {sum(hours.values()):.2f} h (target 3 h)")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_loop.json").write_text(json.dumps(results, indent=1))
     plot(results)
@@ -128,7 +148,7 @@ def plot(results):
 
     loops = results["loops"]
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.6))
-    names = [r["sampling"] for r in loops]
+    names = [f"{r['model']}\n{r['sampling']}" for r in loops]
     ax0.bar(names, [r["valid_sample_steps_per_s"] / 1e3 for r in loops], color="C0",
             label="protocol loop (valid steps, wall time)")
     kernel = results["kernel_benchmark"]["used"] / 1e3
