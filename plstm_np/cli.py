@@ -11,6 +11,8 @@ Examples
     plstm-np evaluate runs/nmnist --nmnist-folder my_recordings/
     plstm-np reproduce frequency --epochs 10 --n-train 2000 --seeds 2
     plstm-np reproduce nmnist --quick --out /tmp/smoke
+    plstm-np reproduce frequency --jobs 2 --threads 1      # two runs at a time
+    plstm-np reproduce frequency --scheduler tcp://10.0.0.5:8786
 """
 from __future__ import annotations
 
@@ -183,7 +185,22 @@ def build_parser():
                    help="N-MNIST: event rates to test at")
     p.add_argument("--out", default="results", metavar="DIR",
                    help="results folder (default results/)")
-    p.add_argument("--progress", action="store_true", help="progress bars of the runs")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bars of the runs (with --jobs 1 and --quiet)")
+    p.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+                   help="runs trained at the same time, in processes of this machine "
+                   "(default: one per available core, each with one Numba thread: see "
+                   "--threads)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="T",
+                   help="Numba threads per run (default: the available cores divided by "
+                   "--jobs); part of a run's arithmetic, so resume with the same")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the Dask cluster of this scheduler (tcp://host:8786; needs "
+                   "plstm_np[distributed]); the workers need no shared disk")
+    p.add_argument("--connect-timeout", type=_positive_float, default=10.0, dest="connect_timeout",
+                   metavar="SECONDS", help="give up on an unreachable --scheduler after this "
+                   "long (default 10)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar over the runs")
     _add_run_options(p, reproduce=True)
     return parser
 
@@ -239,13 +256,22 @@ def _evaluate(args, out):
 
 def _reproduce(args, out):
     conditions = args.conditions.split(",") if args.conditions else None
-    results = ex.reproduce(
-        args.experiment, args.out, quick=args.quick, conditions=conditions,
-        log=lambda m: print(m, file=out, flush=True), progress=args.progress,
-        overwrite=args.overwrite, backend=args.backend, seeds=args.seeds, epochs=args.epochs,
-        n_train=args.n_train, n_val=args.n_val, batch_size=args.batch_size, lr=args.lr,
-        hidden_size=args.hidden_size, rho=args.rho, max_batches=args.max_batches,
-        test_rhos=args.test_rhos, **{k: getattr(args, k) for k in _PROTOCOL_OPTIONS})
+    jobs = args.jobs
+    if jobs is None:  # measured: 2 jobs x 1 thread as fast as 1 x 2 here (bench_sweep.py)
+        jobs = 1 if args.scheduler else ex.sweeps.available_cores()
+    try:
+        results = ex.reproduce(
+            args.experiment, args.out, quick=args.quick, conditions=conditions,
+            log=lambda m: print(m, file=out, flush=True), progress=args.progress,
+            overwrite=args.overwrite, backend=args.backend, jobs=jobs, threads=args.threads,
+            scheduler=args.scheduler, connect_timeout=args.connect_timeout,
+            bar=not args.quiet, seeds=args.seeds, epochs=args.epochs, n_train=args.n_train,
+            n_val=args.n_val, batch_size=args.batch_size, lr=args.lr,
+            hidden_size=args.hidden_size, rho=args.rho, max_batches=args.max_batches,
+            test_rhos=args.test_rhos, **{k: getattr(args, k) for k in _PROTOCOL_OPTIONS})
+    except (ConnectionError, ImportError) as err:  # an unreachable scheduler, no dask
+        print(f"plstm-np reproduce: error: {err}", file=sys.stderr)
+        return 2
     print(ex.results_markdown(results), file=out)
     print("figures: " + ", ".join(results["figures"]), file=out)
     return 0

@@ -1,28 +1,47 @@
 """The training loop: mini-batches, Adam, validation per epoch, early stopping, checkpoints,
-and a JSON log of every epoch.
+a JSON log of every epoch, and a resume state that makes an interrupted run continue bitwise.
 
-The loop sits above :mod:`plstm_np.network` but imports neither it nor :mod:`plstm_np.io`: it
-drives the network through its public methods (``loss_and_grads``, ``evaluate``, ``save``).
-Checkpoints and the log are written atomically (:mod:`plstm_np.files`).
+The loop sits above :mod:`plstm_np.network`: it drives the network through its public methods
+(``loss_and_grads``, ``evaluate``, ``save``) and reads a resume state back with
+:func:`plstm_np.load_checkpoint` (:mod:`plstm_np.io`, of its own layer). Checkpoints, the log
+and the resume state are written atomically (:mod:`plstm_np.files`).
+
+Resuming. With ``state_path``, the end of every epoch saves, after the best-model checkpoint
+and the log, everything the next epoch depends on: the parameters, Adam's moments and step
+count, the state of the batch-shuffling generator, the epoch, the history and the early
+stopping's ``best``/``stale``. ``resume=True`` restores it, so that the run continues with the
+next epoch and gives bitwise the history (wall-clock ``seconds`` aside), parameters and
+checkpoints of an uninterrupted run, provided the arithmetic is the same: the same backend
+and, with Numba, the same number of threads (the parallel kernels split the batch into one
+chunk per thread and sum the chunks' gradients in a fixed order, which is deterministic for
+a given thread count but rounds differently for another).
 """
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
 from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipywidgets
 
 from .files import refuse_existing, write_json_atomic
+from .io import load_checkpoint
 from .optim import clip_grad_norm
 from .validation import as_rng
 
 __all__ = ["train"]
 
+#: The loop settings a resume state must have been written with (other values would make
+#: the continued run another run).
+_LOOP_SETTINGS = ("batch_size", "max_batches", "max_grad_norm", "min_delta", "patience",
+                  "eval_batch_size")
+
 
 def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32, rng=None,
           max_grad_norm=None, patience=None, min_delta=0.0, checkpoint=None, log_path=None,
-          progress=True, eval_batch_size=256, max_batches=None, overwrite=False, metadata=None):
+          progress=True, eval_batch_size=256, max_batches=None, overwrite=False, metadata=None,
+          state_path=None, resume=False, callback=None):
     """Train ``net`` with ``optimizer`` and return the per-epoch history.
 
     Parameters
@@ -31,15 +50,17 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
     optimizer : Adam
         Bound to ``net``'s parameters.
     train_data : Dataset or callable
-        The training set, or a callable ``epoch -> Dataset`` (epoch 1-based, e.g.
-        :class:`plstm_np.experiments.FreshData`) returning each epoch's freshly drawn data;
-        ``len(train_data)`` must give the sequences per epoch.
+        The training set used every epoch, or a callable ``epoch -> Dataset`` (epoch
+        1-based) returning each epoch's freshly drawn training data (e.g.
+        :class:`plstm_np.experiments.FreshData`, which draws epoch ``e`` from the seed and
+        ``e``, so that a resumed run sees the data an uninterrupted one would).
     val_data : Dataset, optional
         Evaluated after every epoch at alpha = 0.
     epochs : int
+        The last epoch to train (a resumed run trains the epochs after its state's).
     batch_size : int
     rng : Generator, int or None
-        Shuffles the training data every epoch.
+        Shuffles the training data every epoch (its state is part of the resume state).
     max_grad_norm : float, optional
         Clip the global gradient norm of the trainable parameters.
     patience : int, optional
@@ -57,33 +78,68 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
     max_batches : int, optional
         Stop each epoch after this many batches (quick runs and tests).
     overwrite : bool
-        Allow ``checkpoint`` and ``log_path`` to replace files that exist before training
-        starts (by default that raises FileExistsError, so no earlier run is lost).
+        Allow ``checkpoint``, ``log_path`` and ``state_path`` to replace files that exist
+        before training starts (by default that raises FileExistsError, so no earlier run is
+        lost). A run resumed from ``state_path`` replaces its own files.
     metadata : dict, optional
         JSON-serialisable information saved in every checkpoint's metadata (e.g. the run's
         configuration), next to the epoch's record.
+    state_path : str, optional
+        Path of the resume state, saved at the end of every epoch (a checkpoint in the format
+        of :meth:`plstm_np.Network.save`: the network after that epoch, its optimizer, and
+        under ``metadata["resume"]`` the epoch, history, ``best``, ``stale``, the generator's
+        state and the loop settings).
+    resume : bool
+        Continue from ``state_path`` if it exists: restore ``net``'s parameters, the
+        optimizer and ``rng`` from it and train the epochs after its epoch (none if it is
+        ``epochs`` or early stopping had stopped the run); without the file, start afresh.
+    callback : callable, optional
+        ``callback(epoch, record)`` after every epoch, once its files are written; an
+        exception it raises stops training, and the run can be resumed from that epoch.
 
     Returns
     -------
     list of dict
-        One record per epoch: ``epoch``, ``train_loss``, ``seconds``, and ``val_loss``,
-        ``val_accuracy``, ``val_updates_per_neuron`` when ``val_data`` is given.
+        One record per epoch (the restored epochs included): ``epoch``, ``train_loss``,
+        ``seconds``, and ``val_loss``, ``val_accuracy``, ``val_updates_per_neuron`` when
+        ``val_data`` is given.
 
     Raises
     ------
     FloatingPointError
         If a loss becomes NaN or infinite (never train on silently).
+    ValueError
+        If ``resume`` is asked without ``state_path``, or the state does not fit ``net``,
+        ``optimizer``, ``rng`` or the loop settings (the first difference is named).
+    TypeError
+        If ``train_data`` is neither a Dataset nor a callable returning one.
     """
-    for path in (checkpoint, log_path):
-        if path is not None:
-            refuse_existing(path, overwrite)
+    if not (callable(train_data) or hasattr(train_data, "batches")):
+        raise TypeError(f"train_data must be a Dataset or a callable epoch -> Dataset, got "
+                        f"{type(train_data).__name__}")
+    if resume and state_path is None:
+        raise ValueError("resume=True needs state_path (the file the resume state is in)")
     rng = as_rng(rng)
+    loop = dict(batch_size=batch_size, max_batches=max_batches, max_grad_norm=max_grad_norm,
+                min_delta=min_delta, patience=patience, eval_batch_size=eval_batch_size)
     history, best, stale = [], math.inf, 0
-    n_batches = math.ceil(len(train_data) / batch_size)
-    if max_batches is not None:
-        n_batches = min(n_batches, max_batches)
-    for epoch in range(1, epochs + 1):
+    if resume and os.path.exists(state_path):
+        history, best, stale = _restore(state_path, net, optimizer, rng, loop, epochs)
+    else:
+        for path in (checkpoint, log_path, state_path):
+            if path is not None:
+                refuse_existing(path, overwrite)
+    first = len(history) + 1
+    if patience is not None and stale >= patience:
+        first = epochs + 1  # early stopping had ended the run
+    for epoch in range(first, epochs + 1):
         data = train_data(epoch) if callable(train_data) else train_data
+        if not hasattr(data, "batches"):
+            raise TypeError(f"train_data({epoch}) must return a Dataset, got "
+                            f"{type(data).__name__}")
+        n_batches = math.ceil(len(data) / batch_size)
+        if max_batches is not None:
+            n_batches = min(n_batches, max_batches)
         start, losses = time.perf_counter(), []
         bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress,
                    leave=False)
@@ -121,6 +177,65 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
             stale += 1
         if log_path is not None:
             write_json_atomic(log_path, history)
+        if state_path is not None:  # last: a state's epoch has all its other files written
+            state = dict(epoch=epoch, history=history, best=None if best == math.inf else best,
+                         stale=stale, rng=_jsonable(rng.bit_generator.state), loop=loop)
+            net.save(state_path, optimizer=optimizer, overwrite=True,
+                     metadata={**(metadata or {}), "epoch": epoch, **record, "resume": state})
+        if callback is not None:
+            callback(epoch, record)
         if patience is not None and stale >= patience:
             break
     return history
+
+
+def _restore(path, net, optimizer, rng, loop, epochs):
+    """Load the resume state at ``path`` into ``net``, ``optimizer`` and ``rng`` (in place);
+    return ``(history, best, stale)``. ValueError names the first thing that does not fit."""
+    saved, saved_opt, meta = load_checkpoint(path)
+    state = meta.get("resume")
+    if state is None:
+        raise ValueError(f"{path} holds no resume state (metadata['resume']): it is not a "
+                         f"file written by train(..., state_path=...)")
+    for key in _LOOP_SETTINGS:
+        if state["loop"].get(key) != loop[key]:
+            raise ValueError(f"{path} was written with {key}={state['loop'].get(key)!r}, this "
+                             f"call has {key}={loop[key]!r}: resuming would make another run")
+    if state["epoch"] > epochs:
+        raise ValueError(f"{path} holds epoch {state['epoch']}, beyond epochs={epochs}")
+    params, saved_params = net.params, saved.params
+    if {k: (v.shape, v.dtype) for k, v in params.items()} != \
+            {k: (v.shape, v.dtype) for k, v in saved_params.items()}:
+        raise ValueError(f"{path} holds another architecture (parameter names, shapes or "
+                         f"dtypes differ from net's)")
+    if saved_opt is None:
+        raise ValueError(f"{path} holds no optimizer state")
+    for key in ("lr", "beta1", "beta2", "eps"):
+        if getattr(saved_opt, key) != getattr(optimizer, key):
+            raise ValueError(f"{path} was written with the optimizer's {key}="
+                             f"{getattr(saved_opt, key)!r}, this optimizer has "
+                             f"{getattr(optimizer, key)!r}")
+    if saved_opt.frozen != optimizer.frozen:
+        raise ValueError(f"{path} froze {sorted(saved_opt.frozen)}, this optimizer freezes "
+                         f"{sorted(optimizer.frozen)}")
+    kind = state["rng"].get("bit_generator")
+    if kind != type(rng.bit_generator).__name__:
+        raise ValueError(f"{path} holds the state of a {kind} generator, rng is a "
+                         f"{type(rng.bit_generator).__name__}")
+    for name, p in params.items():
+        p[...] = saved_params[name]
+    optimizer.load_state_dict(saved_opt.state_dict())
+    rng.bit_generator.state = state["rng"]
+    best = math.inf if state["best"] is None else float(state["best"])
+    return list(state["history"]), best, int(state["stale"])
+
+
+def _jsonable(state):
+    """A bit generator's state for JSON (arrays as lists; PCG64's 128-bit ints stay ints)."""
+    if isinstance(state, dict):
+        return {k: _jsonable(v) for k, v in state.items()}
+    if isinstance(state, np.ndarray):
+        return state.tolist()
+    if isinstance(state, np.integer):
+        return int(state)
+    return state

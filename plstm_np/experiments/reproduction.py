@@ -1,43 +1,72 @@
 """Reproductions of the paper's experiments: every condition and seed of one of
-:data:`~plstm_np.experiments.registry.EXPERIMENTS`, reusing complete runs so that an
-interrupted reproduction resumes, then the results (JSON + markdown) and figures
-(:func:`reproduce`, what ``plstm-np reproduce`` does)."""
+:data:`~plstm_np.experiments.registry.EXPERIMENTS`, as a sweep of runs that resume
+(:mod:`~plstm_np.experiments.sweeps`: serially, in parallel processes or on a Dask cluster),
+reusing complete runs and continuing unfinished ones from their last complete epoch, then the
+results (JSON + markdown) and figures (:func:`reproduce`, what ``plstm-np reproduce`` does)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ..files import write_json_atomic
+from ..files import atomic_write, write_json_atomic
 from .configs import TASK_ALIASES, TASK_SPECS, default_config
 from .registry import EXPERIMENTS
 from .reports import aggregate, results_markdown, write_figures
-from .runs import evaluate_checkpoint, resolve_backend, run_training
+from .run_folders import inspect_run
+from .runs import evaluate_checkpoint, resolve_backend
+from .sweeps import SweepRun, check_sweep_options, connect, run_sweep
 
-__all__ = ["reproduce"]
+__all__ = ["reproduce", "PROTOCOL_FILE"]
+
+#: The protocol a results folder was made with, written before its first run.
+PROTOCOL_FILE = "protocol.json"
+
+#: Protocol keys that do not make another experiment: more seeds add runs, other event
+#: rates are evaluated again.
+_OPEN_KEYS = ("seeds", "test_rhos")
+
+
+def _option(key):
+    """The ``plstm-np reproduce`` option of a protocol key."""
+    return {"hidden_size": "--hidden"}.get(key, "--" + key.replace("_", "-"))
+
+
+def _check_protocol(root, name, proto):
+    """Refuse a results folder made with another protocol (naming the options that differ);
+    folders from before :data:`PROTOCOL_FILE` existed are checked against results.json."""
+    saved = None
+    for file in (PROTOCOL_FILE, "results.json"):
+        if (root / file).exists():
+            saved = json.loads((root / file).read_text())
+            break
+    if saved is None:
+        return
+    there = {k: v for k, v in saved.get("protocol", {}).items() if k not in _OPEN_KEYS}
+    now = {k: v for k, v in proto.items() if k not in _OPEN_KEYS}
+    differ = sorted(k for k in set(there) | set(now) if there.get(k) != now.get(k))
+    if saved.get("experiment", name) != name:
+        differ.insert(0, "experiment")
+    if differ:
+        raise FileExistsError(
+            f"{root} holds results made with another configuration of the protocol ("
+            + ", ".join(f"{_option(k)}: {there.get(k)!r} there, {now.get(k)!r} now"
+                        if k != "experiment" else f"experiment {saved['experiment']!r}"
+                        for k in differ)
+            + "); choose another --out or pass --overwrite")
 
 
 def _run_is_complete(run_dir, cfg):
     """The history of the run in ``run_dir`` if it was made with ``cfg`` (the backend
-    aside) and its log holds every epoch (its checkpoint may have been deleted to save
-    space); None if there is no such complete run. A run made with another configuration
-    raises FileExistsError rather than being mixed into the results."""
-    log_path, cfg_path = run_dir / "log.json", run_dir / "config.json"
-    if not (log_path.exists() and cfg_path.exists()):
-        return None
-    saved = json.loads(cfg_path.read_text())
-    differ = sorted(k for k in set(saved) | set(cfg) if k != "backend"
-                    and saved.get(k) != cfg.get(k))
-    if differ:
-        raise FileExistsError(f"{run_dir} holds a run with another configuration ("
-                              + ", ".join(f"{k}: {saved.get(k)!r} there, {cfg.get(k)!r} now"
-                                          for k in differ)
-                              + "); choose another --out or pass --overwrite")
-    history = json.loads(log_path.read_text())
-    return history if len(history) >= cfg["epochs"] else None
+    aside) and holds every epoch (or early stopping ended it; its checkpoint may have been
+    deleted to save space); None if there is no such complete run. A run made with another
+    configuration raises FileExistsError rather than being mixed into the results."""
+    status = inspect_run(run_dir, cfg)
+    return status.history if status.kind == "complete" else None
 
 
 def reproduce(name, out_dir="results", *, quick=False, conditions=None, log=print,
-              progress=False, overwrite=False, backend="numba", **protocol):
+              progress=False, overwrite=False, backend="numba", jobs=1, threads=None,
+              scheduler=None, connect_timeout=10.0, bar=False, **protocol):
     """Run one of :data:`EXPERIMENTS` (every condition, every seed); write table and figures.
 
     Parameters
@@ -45,24 +74,42 @@ def reproduce(name, out_dir="results", *, quick=False, conditions=None, log=prin
     name : str
         A key of :data:`EXPERIMENTS` (or a task alias).
     out_dir : str or Path
-        Results go to ``out_dir/<name>/``: ``runs/<condition>/seed<k>/`` (each run's
-        checkpoint, log and config), ``results.json``, ``results.md`` and the figures.
+        Results go to ``out_dir/<name>/``: ``protocol.json`` (the protocol, written first),
+        ``runs/<condition>/seed<k>/`` (each run's folder: see
+        :mod:`~plstm_np.experiments.run_folders`), ``results.json``, ``results.md`` and the
+        figures.
     quick : bool
         The tiny smoke protocol (for tests): a few sequences, one epoch, one seed.
     conditions : list of str, optional
         Run only these conditions (default all).
     log : callable
     progress : bool
-        Progress bars of the individual runs.
+        Progress bars of the individual runs (serial runs without ``bar`` only).
     overwrite : bool
-        Rerun runs whose folders exist. Without it, complete runs (a log with every epoch and
-        a checkpoint) are reused, so an interrupted reproduction resumes; an incomplete
-        run's folder raises FileExistsError.
+        Train the chosen runs afresh, replacing their folders' files. Without it, complete
+        runs are reused and unfinished ones continue from their last complete epoch, bitwise
+        as if uninterrupted (the same backend and ``threads``), so that rerunning an
+        interrupted reproduction finishes it; a folder made with another protocol or a run
+        made with another configuration raises FileExistsError naming what differs.
     backend : str
+    jobs : int
+        Runs trained at the same time in processes of this machine (joblib); 1: one after
+        the other, in this process.
+    threads : int, optional
+        Numba threads per run (default: the available cores divided by ``jobs``; with one
+        job, this process's count). Part of a run's arithmetic: resume with the same.
+    scheduler : str, optional
+        The address of a Dask scheduler (``tcp://host:8786``) to run on instead; it is
+        reached before anything is written, and an unreachable one raises
+        :class:`~plstm_np.experiments.sweeps.SchedulerUnreachableError` after
+        ``connect_timeout`` seconds.
+    connect_timeout : float
+    bar : bool
+        A progress bar over the runs (done, ETA) on stderr.
     **protocol
         Overrides of the protocol: ``epochs``, ``n_train``, ``n_val``, ``seeds`` (a count,
         seeds 0..seeds-1), ``lr``, ``batch_size``, ``hidden_size``, ``rho``, ``test_rhos``,
-        ``max_batches``.
+        ``max_batches`` and the task settings (``learn_r_on``, ``fresh_data``, ...).
 
     Returns
     -------
@@ -73,6 +120,7 @@ def reproduce(name, out_dir="results", *, quick=False, conditions=None, log=prin
     name = TASK_ALIASES.get(name, name)
     if name not in EXPERIMENTS:
         raise ValueError(f"experiment must be one of {sorted(EXPERIMENTS)}, got {name!r}")
+    check_sweep_options(jobs, threads, scheduler, connect_timeout)
     exp = EXPERIMENTS[name]
     proto = dict(exp.protocol)
     if quick:
@@ -85,29 +133,61 @@ def reproduce(name, out_dir="results", *, quick=False, conditions=None, log=prin
     unknown = [c for c in chosen if c not in exp.conditions]
     if unknown:
         raise ValueError(f"conditions {unknown} are not among {list(exp.conditions)}")
+    configs = {(cond, seed): default_config(exp.task, **{**proto, **exp.conditions[cond]},
+                                            seed=seed, backend=backend)
+               for cond in chosen for seed in seeds}  # bad values raise before any file
     root = Path(out_dir) / name
+    if not overwrite:
+        _check_protocol(root, name, proto)
+    client = connect(scheduler, connect_timeout) if scheduler is not None else None
+    try:
+        return _reproduce(exp, root, proto, seeds, test_rhos, chosen, configs, log=log,
+                          progress=progress, overwrite=overwrite, backend=backend, jobs=jobs,
+                          threads=threads, client=client, bar=bar, quick=quick)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _reproduce(exp, root, proto, seeds, test_rhos, chosen, configs, *, log, progress,
+               overwrite, backend, jobs, threads, client, bar, quick):
+    name = exp.name
+    if client is None:  # on a cluster the workers find their backend
+        backend = resolve_backend(backend, log=log)
+    configs = {k: dict(cfg, backend=backend) for k, cfg in configs.items()}
+    pending, histories = [], {}
+    for (cond, seed), cfg in configs.items():
+        run_dir = root / "runs" / cond / f"seed{seed}"
+        history = None if overwrite else _run_is_complete(run_dir, cfg)
+        if history is not None:
+            log(f"[{name}] {cond} seed {seed}: reusing the complete run in {run_dir}")
+            histories[cond, seed] = history
+        else:
+            pending.append(SweepRun(f"{cond}/seed{seed}", cfg, run_dir))
     root.mkdir(parents=True, exist_ok=True)
-    backend = resolve_backend(backend, log=log)
+    write_json_atomic(root / PROTOCOL_FILE, dict(experiment=name, protocol=proto))
+    if pending:
+        first = pending[0].cfg
+        where = (f"on the Dask cluster at {client.scheduler.address}" if client is not None
+                 else f"in {min(jobs, len(pending))} processes" if jobs > 1 else "here")
+        log(f"[{name}] training {len(pending)} run(s) {where} ({first['epochs']} epochs x "
+            f"{first['n_train']} sequences each); each run's messages in its run.log")
+        for run in pending:
+            (run.run_dir / "test_rhos.json").unlink(missing_ok=True)  # of an earlier run
+        summaries = run_sweep(pending, jobs=jobs, threads=threads, client=client,
+                              overwrite=overwrite, progress=progress, bar=bar,
+                              log=lambda m: log(f"[{name}] {m}"), label=f"{name} runs")
+        for run, summary in zip(pending, summaries):
+            cond, seed = run.name.split("/seed")
+            histories[cond, int(seed)] = summary["history"]
     results = dict(experiment=name, title=exp.title, quick=quick,
                    protocol=dict(proto, seeds=seeds, test_rhos=test_rhos), backend=backend,
                    conditions={}, paper=exp.paper)
     for cond in chosen:
         runs = []
         for seed in seeds:
-            cfg = default_config(exp.task, **{**proto, **exp.conditions[cond]}, seed=seed,
-                                 backend=backend)
             run_dir = root / "runs" / cond / f"seed{seed}"
-            history = None if overwrite else _run_is_complete(run_dir, cfg)
-            if history is not None:
-                log(f"[{name}] {cond} seed {seed}: reusing the complete run in {run_dir}")
-                summary = dict(history=history)
-            else:
-                log(f"[{name}] {cond} seed {seed}: training ({cfg['epochs']} epochs x "
-                    f"{cfg['n_train']} sequences)")
-                summary = run_training(cfg, run_dir, progress=progress, overwrite=overwrite,
-                                       log=log)
-                (run_dir / "test_rhos.json").unlink(missing_ok=True)  # of an earlier run
-            record = _summarise(summary["history"], TASK_SPECS[exp.task].loss)
+            record = _summarise(histories[cond, seed], TASK_SPECS[exp.task].loss)
             if test_rhos:
                 record["test"] = _test_rhos(run_dir, test_rhos, log)
             runs.append(dict(seed=seed, **record))
@@ -115,7 +195,8 @@ def reproduce(name, out_dir="results", *, quick=False, conditions=None, log=prin
                 f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
         results["conditions"][cond] = dict(runs=runs, **aggregate(runs))
     write_json_atomic(root / "results.json", results)
-    (root / "results.md").write_text(results_markdown(results))
+    table = results_markdown(results)
+    atomic_write(root / "results.md", lambda f: f.write(table), mode="w")
     figures = write_figures(results, root)
     results["figures"] = [str(p) for p in figures]
     write_json_atomic(root / "results.json", results)

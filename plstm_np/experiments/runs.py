@@ -56,6 +56,7 @@ from ..optim import Adam
 from ..tasks import TASKS, multirate_timing, train_val_split
 from ..training import train
 from .configs import SAMPLED_TASKS, TASK_SPECS
+from .run_folders import RunLog, inspect_run, numba_threads, read_state, remove_run_files
 
 __all__ = ["make_data", "make_val_data", "resolve_backend", "build_model", "run_training",
            "evaluate_checkpoint"]
@@ -237,7 +238,8 @@ def build_model(cfg):
 
 # ----------------------------------------------------------------------------- one run
 
-def run_training(cfg, out_dir=None, *, progress=True, overwrite=False, log=print):
+def run_training(cfg, out_dir=None, *, progress=True, overwrite=False, resume=False, log=print,
+                 callback=None):
     """Train one model as configured; write the run folder if ``out_dir`` is given.
 
     Parameters
@@ -246,50 +248,116 @@ def run_training(cfg, out_dir=None, *, progress=True, overwrite=False, log=print
         From :func:`default_config`.
     out_dir : str or Path, optional
         Receives ``config.json`` (the configuration, written first), ``log.json`` (every
-        epoch, rewritten as training goes) and ``checkpoint.npz`` (the network with the
+        epoch, rewritten as training goes), ``checkpoint.npz`` (the network with the
         lowest validation loss, its optimizer state, and the configuration in its metadata
-        so that :func:`evaluate_checkpoint` can rebuild the validation set).
+        so that :func:`evaluate_checkpoint` can rebuild the validation set), ``last.npz``
+        (the resume state after the last complete epoch, see :func:`plstm_np.train`) and
+        ``run.log`` (the messages and one line per epoch); see
+        :mod:`~plstm_np.experiments.run_folders`.
     progress : bool
         tqdm progress bar and one line per epoch.
     overwrite : bool
-        Replace the files of an earlier run in ``out_dir`` (otherwise FileExistsError).
+        Delete the files of an earlier run in ``out_dir`` and train afresh (otherwise an
+        earlier run there raises FileExistsError).
+    resume : bool
+        Continue the unfinished run in ``out_dir`` from its last complete epoch
+        (``last.npz``): the history, parameters and checkpoints are bitwise those of an
+        uninterrupted run (with the same backend and number of Numba threads); a finished
+        run is returned as it is, and an empty folder starts a new run. A run made with
+        another configuration (the backend aside) raises FileExistsError naming the keys.
     log : callable
-        Receives the messages (e.g. a backend fallback).
+        Receives the messages (e.g. a backend fallback), which also go to ``run.log``.
+    callback : callable, optional
+        ``callback(epoch, record)`` after every epoch, once its files are written (see
+        :func:`plstm_np.train`).
 
     Returns
     -------
     dict
         ``config`` (with the backend actually used), ``history`` (one record per epoch, see
         :func:`plstm_np.train`), ``final`` (the last epoch's validation metrics),
-        ``seconds``.
+        ``seconds`` (of this call), ``n_train``, ``n_val``, ``resumed_from`` (the epoch a
+        resumed run continued after; 0 for a new run).
     """
     cfg = dict(cfg)
-    paths = {}
+    paths, status, run_log = {}, None, RunLog(echo=log)
+    if out_dir is None and resume:
+        raise ValueError("resume=True needs out_dir (the run folder to continue)")
     if out_dir is not None:
         out_dir = Path(out_dir)
         paths = {k: out_dir / f"{k}.{ext}" for k, ext in
-                 (("checkpoint", "npz"), ("log", "json"), ("config", "json"))}
-        existing = [str(p) for p in paths.values() if p.exists()]
-        if existing and not overwrite:
-            raise FileExistsError(f"{', '.join(existing)} exist(s): an earlier run is there; "
-                                  f"choose another folder or pass overwrite (--overwrite)")
+                 (("checkpoint", "npz"), ("log", "json"), ("config", "json"), ("last", "npz"))}
+        if overwrite:
+            remove_run_files(out_dir)
+        elif resume:
+            status = inspect_run(out_dir, cfg)
+        else:
+            existing = [str(p) for p in paths.values() if p.exists()]
+            if existing and paths["last"].exists():
+                state = read_state(paths["last"])["resume"]
+                raise FileExistsError(
+                    f"{', '.join(existing)} exist(s): {out_dir} holds a run ({state['epoch']} "
+                    f"of {cfg['epochs']} epochs complete); continue it with resume=True "
+                    f"(plstm-np reproduce resumes unfinished runs), or pass overwrite "
+                    f"(--overwrite) to replace it")
+            if existing:
+                raise FileExistsError(f"{', '.join(existing)} exist(s): an earlier run is "
+                                      f"there; choose another folder or pass overwrite "
+                                      f"(--overwrite)")
         out_dir.mkdir(parents=True, exist_ok=True)
-    cfg["backend"] = resolve_backend(cfg["backend"], log=log)
+        run_log = RunLog(out_dir / "run.log", echo=log)
+    if status is not None and status.kind == "complete" and not paths["last"].exists():
+        raise FileExistsError(f"{out_dir} holds a complete run (log.json has every epoch) "
+                              f"without its resume state; nothing to continue: pass "
+                              f"overwrite (--overwrite) to train it again")
+    resumed_from = status.epochs_done if status is not None else 0
+    cfg["backend"] = resolve_backend(cfg["backend"], log=run_log)
+    threads = numba_threads(cfg["backend"])
+    if resumed_from:
+        saved = read_state(paths["last"])
+        notes = []
+        if saved["config"].get("backend") != cfg["backend"]:
+            notes.append(f"started on backend {saved['config'].get('backend')!r}, continued on "
+                         f"{cfg['backend']!r}")
+        if saved.get("numba_threads") != threads:
+            notes.append(f"started with {saved.get('numba_threads')} Numba threads, continued "
+                         f"with {threads}")
+        what = ("complete: nothing to train" if status.kind == "complete" else
+                f"resuming after epoch {resumed_from} of {cfg['epochs']} from {paths['last']}")
+        run_log(what + (f" ({'; '.join(notes)}: not bitwise an uninterrupted run)"
+                        if notes else ""))
+    else:
+        run_log(f"training {cfg['model']} on {cfg['task']}, seed {cfg['seed']}: "
+                f"{cfg['epochs']} epochs x {cfg['n_train']} sequences, backend "
+                f"{cfg['backend']}" + (f", {threads} Numba threads" if threads else ""),
+                echo=False)
     start = time.perf_counter()
     train_data, val_data = make_data(cfg)
     net = build_model(cfg)
     optimizer = Adam(net, lr=cfg["lr"])
-    if paths:
+    if paths and not resumed_from:
         write_json_atomic(paths["config"], cfg)
+
+    def epoch_done(epoch, record):
+        shown = " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in record.items() if not isinstance(v, list))
+        run_log(shown, echo=False)
+        if callback is not None:
+            callback(epoch, record)
+
     history = train(net, optimizer, train_data, val_data, epochs=cfg["epochs"],
                     batch_size=cfg["batch_size"], rng=np.random.default_rng([cfg["seed"], 3]),
                     max_grad_norm=cfg["max_grad_norm"], patience=cfg["patience"],
                     checkpoint=paths.get("checkpoint"), log_path=paths.get("log"),
                     progress=progress, max_batches=cfg["max_batches"], overwrite=overwrite,
-                    metadata={"config": cfg})
+                    metadata={"config": cfg, "numba_threads": threads},
+                    state_path=paths.get("last"), resume=bool(resumed_from),
+                    callback=epoch_done)
     final = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")}
+    run_log(f"done: {len(history)} epochs, final " + ", ".join(
+        f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float)), echo=False)
     return dict(config=cfg, history=history, final=final, seconds=time.perf_counter() - start,
-                n_train=len(train_data), n_val=len(val_data))
+                n_train=len(train_data), n_val=len(val_data), resumed_from=resumed_from)
 
 
 def evaluate_checkpoint(path, *, nmnist_folder=None, label_file=None, rho=None, backend=None,
