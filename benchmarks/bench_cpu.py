@@ -1,4 +1,5 @@
-"""CPU benchmark: NumPy reference, Numba backend and (when installed) PyTorch, side by side.
+"""CPU benchmark: NumPy reference, Numba backend and (when installed) PyTorch and JAX, side
+by side.
 
 One run times, on the same shapes and data:
 
@@ -11,9 +12,11 @@ One run times, on the same shapes and data:
   torch's fused ``nn.LSTM`` (+ Linear) on the same events and packets;
 - evaluation throughput of the Numba kernel against r_on (skipping pays);
 - training with the leak switched off (alpha = 0) against r_on: the backward skips too;
-- the peak memory (tracemalloc) of one training step and what BPTT stores.
+- the peak memory (tracemalloc) of one training step and what BPTT stores;
+- the same training step in JAX (``jax_plstm.py``): the recurrence a jit-compiled
+  ``lax.scan``, ``jax.grad``, Adam compiled into the same step.
 
-PyTorch is optional and never a dependency: its rows are skipped when it is absent.
+PyTorch and JAX are optional and never dependencies: their rows are skipped when absent.
 Writes ``benchmarks/results/bench_cpu.json`` and ``bench_cpu.png``. Usage::
 
     python benchmarks/bench_cpu.py [--quick]
@@ -193,6 +196,22 @@ def torch_rows(data, events, packet, threads):
     return rows
 
 
+# ---------------------------------------------------------------------------- JAX
+def jax_rows(data):
+    """The JAX row (``jax_plstm.py``: jit-compiled ``lax.scan``, ``jax.grad``, Adam in the
+    same compiled step), or None when JAX is not installed. XLA uses every core."""
+    try:
+        import jax
+        import jax_plstm
+    except ImportError:
+        return None
+    best, median = jax_plstm.kernel_row(data, repeats=15)
+    B, T = data.t.shape
+    return {"jax_jit_plstm_train": dict(seconds=best, median_seconds=median,
+                                        sample_steps_per_s=B * T / best),
+            "jax_version": jax.__version__}
+
+
 # ---------------------------------------------------------------------------- main
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -334,6 +353,16 @@ def main():
               f"(numba {train['numba']['sample_steps_per_s'] / tr:.1f}x)")
         print(f"torch fused nn.LSTM stream: {st:12,.0f} events/s "
               f"(numba {stream_rows['0.05']['events_per_s'] / st:.1f}x)")
+    # -- JAX: in a process of its own too, for the same reason --------------------------
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        rows = pool.submit(jax_rows, data).result()
+    results["jax"] = rows
+    if rows is None:
+        print("JAX not installed: its row is skipped")
+    else:
+        jr = rows["jax_jit_plstm_train"]["sample_steps_per_s"]
+        print(f"JAX jit PLSTM train:        {jr:12,.0f} sample-steps/s "
+              f"(numba {train['numba']['sample_steps_per_s'] / jr:.1f}x)")
     results["machine"]["load_average_end"] = os.getloadavg()
 
     RESULTS.mkdir(exist_ok=True)

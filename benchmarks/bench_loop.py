@@ -17,6 +17,10 @@ It also breaks the loop's wall time down into data generation, training steps an
 validation, and times the kernel benchmark before and after the loops (the faster of the
 two is used, so that the ratio is not flattered by a slow kernel measurement).
 
+When JAX is installed, the same loops and the kernel row run in JAX too (``jax_plstm.py``,
+in a process of its own, after plstm_np's), on the same fresh data, with the same hours
+extrapolated: the target is plstm_np at least 5x the JAX jit Phased LSTM, kernel and loop.
+
 Writes ``benchmarks/results/bench_loop.json`` and ``bench_loop.png``. Usage::
 
     python benchmarks/bench_loop.py [--quick] [--threads 2]
@@ -28,8 +32,10 @@ import json
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads OpenBLAS
+import multiprocessing as mp
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +95,41 @@ def protocol_loop(sampling, batches, epochs, model="plstm"):
                 final_val_accuracy=history[-1]["val_accuracy"])
 
 
+def jax_loops(batches, epochs_by_sampling):
+    """The same protocol loops in JAX (``jax_plstm.py``), in a process of its own: the
+    kernel row, then per model and condition the records of each epoch (the first includes
+    XLA's compilation of every batch length's bucket). None when JAX is not installed."""
+    try:
+        import jax_plstm
+    except ImportError:
+        return None
+    check = {m: jax_plstm.loss_against_plstm_np(m) for m in ("plstm", "lstm")}
+    for m, (ours, theirs) in check.items():
+        if abs(ours - theirs) > 1e-5:
+            raise AssertionError(f"the JAX {m} computes another loss ({theirs}) than "
+                                 f"plstm_np ({ours}): fix jax_plstm.py first")
+    best, median = jax_plstm.kernel_row(training_problem(np.random.default_rng(0)), 15)
+    out = dict(loss_check=check, kernel=dict(best_seconds=best, median_seconds=median,
+                           sample_steps_per_s=32 * 125 / best), loops=[])
+    for model in ("plstm", "lstm"):
+        for sampling, epochs in epochs_by_sampling.items():
+            cfg = ex.default_config("frequency", sampling=sampling, model=model,
+                                    n_train=32 * batches, epochs=epochs)
+            train_data, val = ex.make_data(cfg)
+            records = jax_plstm.protocol_epochs(train_data, val, model, epochs)
+            last = records[-1]
+            out["loops"].append(dict(model=model, sampling=sampling, epochs=records,
+                                     first_epoch_seconds=records[0]["seconds"],
+                                     epoch_seconds=last["seconds"],
+                                     valid_sample_steps_per_s=last["valid_sample_steps"]
+                                     / last["seconds"]))
+            speed = out["loops"][-1]["valid_sample_steps_per_s"]
+            print(f"jax  {model} {sampling:9s}: {speed:10,.0f} valid sample-steps/s (epoch "
+                  f"{last['seconds']:.2f} s, first epoch with compilation "
+                  f"{records[0]['seconds']:.2f} s)", flush=True)
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer batches and repeats")
@@ -135,6 +176,31 @@ def main():
                                            target=3.0, runs_in_sequence=True)
     print("Fig. 3d protocol, hours: " + ", ".join(f"{k} {v:.2f}" for k, v in hours.items())
           + f"; total {sum(hours.values()):.2f} h (target 3 h)")
+    # -- the JAX loop, the same protocol, in the same run ---------------------------------
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        jax_results = pool.submit(jax_loops, batches, {"standard": 2, "async": 2,
+                                                       "high_res": 2}).result()
+    results["jax"] = jax_results
+    if jax_results is None:
+        print("JAX not installed: its rows are skipped")
+    else:
+        jax_kernel = jax_results["kernel"]["sample_steps_per_s"]
+        results["kernel_speedup_over_jax"] = kernel / jax_kernel
+        ours = {(r["model"], r["sampling"]): r for r in loops}
+        for r in jax_results["loops"]:
+            r["plstm_np_speedup"] = (ours[r["model"], r["sampling"]]["valid_sample_steps_per_s"]
+                                     / r["valid_sample_steps_per_s"])
+        # 5 seeds x 70 epochs; each run pays its first epoch's compilation once
+        jax_hours = {f"{r['model']}-{r['sampling']}": 5 * (r["first_epoch_seconds"] + 69 *
+                                                           r["epoch_seconds"]) * scale / 3600
+                     for r in jax_results["loops"]}
+        results["jax_fig3d_protocol_hours"] = dict(per_condition=jax_hours,
+                                                   total=sum(jax_hours.values()))
+        print(f"kernel: plstm_np {kernel:,.0f}, JAX {jax_kernel:,.0f} sample-steps/s "
+              f"({kernel / jax_kernel:.1f}x); loop speed-ups: " + ", ".join(
+                  f"{r['model']} {r['sampling']} {r['plstm_np_speedup']:.1f}x"
+                  for r in jax_results["loops"]))
+        print(f"Fig. 3d protocol, JAX: {sum(jax_hours.values()):.2f} h")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_loop.json").write_text(json.dumps(results, indent=1))
     plot(results)

@@ -19,7 +19,7 @@ from test_resume import (
 from plstm_np import experiments as ex
 from plstm_np.cli import main
 from plstm_np.experiments import sweeps
-from plstm_np.experiments.run_folders import RUN_FILES, inspect_run, write_run_files
+from plstm_np.experiments.run_folders import RUN_FILES, inspect_run, read_state, write_run_files
 
 distributed = pytest.importorskip("distributed")
 
@@ -161,3 +161,11 @@ def test_run_files_round_trip(tmp_path):
         write_run_files(tmp_path, {"evil.sh": b""})
     assert set(RUN_FILES) >= {"config.json", "log.json", "checkpoint.npz", "last.npz",
                               "run.log"}
+
+
+def test_jobs_split_the_cores_into_numba_threads_by_default(tmp_path):
+    ex.reproduce("frequency", tmp_path, jobs=2, **dict(QUICK, threads=None, epochs=1))
+    expected = max(1, sweeps.available_cores() // 2)
+    states = sorted((tmp_path / "frequency" / "runs").glob("*/seed*/last.npz"))
+    assert len(states) == 4
+    assert {read_state(p)["numba_threads"] for p in states} == {expected}
