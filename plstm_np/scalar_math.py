@@ -34,11 +34,19 @@ def tanh(a, one=1.0):
 
 
 def phase(t, tau, s):
-    """``((t - s) mod tau) / tau`` in [0, 1), floor-mod semantics (float64 arguments)."""
-    # float % is fmod plus numpy.mod's sign fix-up, in Python, Numba and CUDA alike, so the
-    # result is bitwise equal to plstm_np.time_gate.phase
-    phi = ((t - s) % tau) / tau
-    if phi >= 1.0:  # a tiny negative remainder rounds up to tau: that is phase 0
+    """``((t - s) mod tau) / tau`` in [0, 1), floor-mod semantics (float64 arguments), with
+    the exact range reduction of :func:`plstm_np.time_gate.phase` (bitwise equal to it)."""
+    d = math.fmod(t, tau) - math.fmod(s, tau)  # both exact; d in (-2 tau, 2 tau)
+    if d < 0.0:
+        d += tau
+        if d < 0.0:
+            d += tau
+    if d >= tau:
+        d -= tau
+        if d >= tau:
+            d -= tau
+    phi = d / tau
+    if phi >= 1.0:  # a tiny negative d rounds up to tau: that is phase 0
         phi = 0.0
     return phi
 

@@ -14,7 +14,13 @@ Away from the wrap points the floor is constant, so::
     dk/dr_on = -2 phi / r_on**2, +2 phi / r_on**2, 0
 
 The phase is always computed in float64: with microsecond timestamps (~3e5) float32 has
-no resolution left for a 5 % open window. All functions broadcast like NumPy ufuncs, so a
+no resolution left for a 5 % open window. It is reduced exactly (:func:`phase`), so it is
+right to rounding at any float64 timestamp (Unix milliseconds, microseconds, nanoseconds).
+The gradient with respect to tau is another matter: ``dphi/dtau = -(t - s) / tau**2`` grows
+with t, so at ``t = 1.7e12`` ms and ``tau = 10`` ms a relative change of tau by 1e-12 moves
+the phase by a sixth of a period. It is the exact derivative, but a gradient step on tau
+then scrambles every phase: to learn tau, give times relative to the start of the
+recording. All functions broadcast like NumPy ufuncs, so a
 batch of times ``t[:, None]`` against per-neuron ``tau[None, :]`` gives a (B, H) gate.
 """
 from __future__ import annotations
@@ -27,7 +33,15 @@ __all__ = ["phase", "time_gate", "time_gate_with_grads", "TimeGateGrads", "kink_
 
 
 def phase(t, tau, s):
-    """Phase ``phi = ((t - s) mod tau) / tau`` in float64, in [0, 1).
+    """Phase ``phi = ((t - s) mod tau) / tau`` in float64, in [0, 1), exact to rounding at
+    any timestamp.
+
+    Range reduction first: ``fmod(t, tau)`` and ``fmod(s, tau)`` are exact in IEEE
+    arithmetic whatever the size of ``t / tau``, so their difference (one rounding, in
+    (-2 tau, 2 tau)) brought into [0, tau) and divided by ``tau`` is within ``2**-52`` of
+    the exact rational phase of the float64 arguments, also for Unix timestamps in
+    nanoseconds (``t - s`` computed first would lose ``log2(t / tau)`` bits before the
+    reduction). Every backend computes these same operations, bitwise alike.
 
     Parameters
     ----------
@@ -42,8 +56,13 @@ def phase(t, tau, s):
     t = np.asarray(t, dtype=np.float64)
     tau = np.asarray(tau, dtype=np.float64)
     s = np.asarray(s, dtype=np.float64)
-    phi = np.mod(t - s, tau) / tau
-    # np.mod can round a tiny negative argument up to exactly tau; that point is phase 0.
+    d = np.fmod(t, tau) - np.fmod(s, tau)  # both exact; d in (-2 tau, 2 tau)
+    for _ in range(2):  # floor-mod into [0, tau): at most two periods to add or remove
+        d = np.where(d < 0.0, d + tau, d)
+    for _ in range(2):
+        d = np.where(d >= tau, d - tau, d)
+    phi = d / tau
+    # a tiny negative d rounds up to exactly tau when tau is added: that point is phase 0
     return np.where(phi >= 1.0, 0.0, phi)
 
 

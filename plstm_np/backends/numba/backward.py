@@ -34,6 +34,7 @@ from .cell_math import (
     dot,
     gate_constants,
     openness,
+    phase_fast_inline,
     phase_inline,
 )
 from .compile import device, kernel
@@ -42,14 +43,19 @@ from .forward import blocked_dot, chunk_bounds, open_neurons
 __all__ = ["backward_kernel", "backward_sparse_kernel", "SPARSE_BACKWARD"]
 
 
-def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, two_r2, leak, phis, k, gtau, gs, gr):
+def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, two_r2, leak, phis, k, gtau, gs, gr,
+                    t_fast, s_mod):
     """The time gate of every neuron at ``tj`` and its derivatives, for the dense backward
     (every neuron updated): ``k`` (model dtype) and, float64, ``gtau``, ``gs``, ``gr`` =
     dk/dtau, dk/ds, dk/dr_on. One output per loop (see
     :func:`~plstm_np.backends.numba.forward._cells_row`)."""
     H = k.shape[0]
-    for n in range(H):
-        phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
+    if abs(tj) < t_fast:
+        for n in range(H):
+            phis[n] = phase_fast_inline(tj, tau[n], inv_tau[n], s_mod[n])
+    else:
+        for n in range(H):
+            phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
     for n in range(H):
         k[n] = openness(phis[n], r_on[n], two_r[n], leak)
     for n in range(H):  # each loop keeps one of the two derivatives (inlined)
@@ -199,7 +205,7 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
     H4 = 4 * H
     D = dx.shape[2]
     one = h0.dtype.type(1.0)
-    inv_tau, two_r, two_r2 = gate_constants(tau, r_on)
+    inv_tau, two_r, two_r2, t_fast, s_mod = gate_constants(tau, r_on, s)
     for chunk in prange(nchunks):
         b0, b1 = chunk_bounds(chunk, nchunks, B)
         nb = b1 - b0
@@ -248,7 +254,7 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
                     kbuf[:] = one
                 else:
                     _gate_grads_row(t[b, j], tau, inv_tau, s, r_on, two_r, two_r2, leak, phis,
-                                    kbuf, gtau, gs, gr)
+                                    kbuf, gtau, gs, gr, t_fast, s_mod)
                 _cell_grads_row(dh[r], dc[r], hp, cp, i_c[b, j], f_c[b, j], g_c[b, j],
                                 o_c[b, j], tanh_ct_c[b, j], kbuf, w_ci, w_cf, w_co, dzr,
                                 not gate_open, gtau, gs, gr, dtau[b], ds[b], dr_on[b],
@@ -337,7 +343,7 @@ def _backward_sparse(grads_out, seq, weights, peep, timing, state, h_seq, stored
     B, T, H = h_seq.shape
     D = dx.shape[2]
     one = h0.dtype.type(1.0)
-    inv_tau, two_r, two_r2 = gate_constants(tau, r_on)
+    inv_tau, two_r, two_r2, t_fast, s_mod = gate_constants(tau, r_on, s)
     for chunk in prange(nchunks):
         b0, b1 = chunk_bounds(chunk, nchunks, B)
         dWh = dWhT[chunk]
@@ -365,7 +371,7 @@ def _backward_sparse(grads_out, seq, weights, peep, timing, state, h_seq, stored
                     continue
                 tj = t[b, j]
                 m = open_neurons(tj, gate_rows, tau, inv_tau, s, r_on, two_r, False, k64,
-                                  open_idx, m, phis)
+                                  open_idx, m, phis, t_fast, s_mod)
                 visits[b] += m
                 hp = h_seq[b, j - 1] if j > 0 else h0[b]
                 cp = c_seq[b, j - 1] if j > 0 else c0[b]

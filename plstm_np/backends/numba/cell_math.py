@@ -8,8 +8,8 @@ module's :func:`sigmoid` and :func:`tanh` (:func:`cell`, :func:`cell_grads`).
 
 What is specific to the CPU is how the elementary functions are computed:
 
-- The phase is float64, bitwise equal to :func:`plstm_np.time_gate.phase`, from one fused
-  multiply-add and one division instead of a floating-point ``mod`` (:func:`phase`).
+- The phase is float64, bitwise equal to :func:`plstm_np.time_gate.phase`, its exact range
+  reduction from fused multiply-adds instead of floating-point ``fmod`` calls (:func:`phase`).
 - The gate and its derivatives multiply by precomputed reciprocals (:func:`gate_constants`),
   within an ulp of the divisions, and choose their piece by selects rather than branches
   (the rising and falling pieces alternate unpredictably), on the pieces that
@@ -31,40 +31,78 @@ from ... import scalar_math
 from .compile import FASTMATH, device, exact
 from .intrinsics import fma, two_to_biased
 
-__all__ = ["phase", "phase_inline", "gate_piece", "openness", "dk_dphi", "dk_dr_on",
+__all__ = ["FAST_QUOTIENT", "phase", "phase_inline", "phase_fast", "phase_fast_inline",
+           "gate_piece", "openness", "dk_dphi", "dk_dr_on",
            "dk_dtau_ds", "gate_constants", "exp", "sigmoid", "tanh", "cell", "cell_grads",
            "copy", "dot"]
 
 
-def phase(t, tau, inv_tau, s):
-    """``((t - s) mod tau) / tau`` in [0, 1), bitwise equal to :func:`plstm_np.scalar_math.phase`
-    (and so to NumPy's) at a fraction of the cost of a floating-point ``mod``; ``inv_tau``
-    is ``1 / tau`` (rounded: it only serves to estimate the quotient).
+#: Below this ``|x / tau|`` the quotient estimate ``trunc(x * inv_tau)`` of
+#: :func:`_fmod_fast` is at most one off; above it :func:`phase` calls ``fmod`` itself.
+FAST_QUOTIENT = 2.0 ** 50
+
+
+def _fmod_fast(x, tau, inv_tau):
+    """``fmod(x, tau)``, exactly, for ``|x / tau| < FAST_QUOTIENT``.
 
     ``fmod(x, tau)`` is exactly ``x - q tau`` with ``q = trunc(x / tau)``, a representable
     number, so one fused multiply-add computes it without rounding once ``q`` is right; the
-    estimate ``trunc(x * inv_tau)`` can be one off (for quotients below 2**51), which the
-    sign or size of the remainder reveals. Negative remainders then get NumPy's floor-mod
-    fix-up ``r + tau``. One division is left: the phase itself.
+    estimate ``trunc(x * inv_tau)`` can be one off, which the sign or size of the remainder
+    reveals. Selects rather than branches, so that loops of phases can vectorise.
     """
-    x = t - s
     q = math.trunc(x * inv_tau)
     r = fma(-q, tau, x)
-    # written with selects rather than branches, so that loops of phases can vectorise
     if x >= 0.0:
-        q_fix = q - 1.0 if r < 0.0 else (q + 1.0 if r >= tau else q)
+        q = q - 1.0 if r < 0.0 else (q + 1.0 if r >= tau else q)
     else:
-        q_fix = q + 1.0 if r > 0.0 else (q - 1.0 if r <= -tau else q)
-    r = fma(-q_fix, tau, x)
-    r = r + tau if r < 0.0 else r  # NumPy's floor-mod fix-up
-    phi = r / tau
-    return 0.0 if phi >= 1.0 else phi  # a tiny negative remainder rounds up to tau: 0
+        q = q + 1.0 if r > 0.0 else (q - 1.0 if r <= -tau else q)
+    return fma(-q, tau, x)
+
+
+_fmod_fast = exact(_fmod_fast, inline=True)
+
+
+def _phase_from(d, tau):
+    """The phase from ``d = fmod(t, tau) - fmod(s, tau)`` in (-2 tau, 2 tau): floor-mod
+    into [0, tau), one division."""
+    d = d + tau if d < 0.0 else d
+    d = d + tau if d < 0.0 else d
+    d = d - tau if d >= tau else d
+    d = d - tau if d >= tau else d
+    phi = d / tau
+    return 0.0 if phi >= 1.0 else phi  # a tiny negative d rounds up to tau: phase 0
+
+
+_phase_from = exact(_phase_from, inline=True)
+
+
+def phase_fast(t, tau, inv_tau, s_mod):
+    """:func:`phase` from ``s_mod = fmod(s, tau)``, where ``|t / tau|`` is below
+    :data:`FAST_QUOTIENT` (the kernels check it for a whole row of neurons at once: ``|t| <
+    t_fast`` of :func:`gate_constants`, which also gives ``s_mod``): selects only, so that
+    loops of phases vectorise."""
+    return _phase_from(_fmod_fast(t, tau, inv_tau) - s_mod, tau)
+
+
+def phase(t, tau, inv_tau, s):
+    """``((t - s) mod tau) / tau`` in [0, 1), bitwise equal to :func:`plstm_np.time_gate.phase`
+    (the exact range reduction ``fmod(t, tau) - fmod(s, tau)``, then floor-mod and one
+    division), at a fraction of the cost of two floating-point ``fmod`` calls: each ``fmod``
+    is :func:`_fmod_fast` (``inv_tau`` is ``1 / tau``, rounded: it only estimates the
+    quotient), and libm's ``fmod`` only where a quotient reaches :data:`FAST_QUOTIENT`
+    (timestamps of ~1e15 periods and more, or a NaN).
+    """
+    if abs(t * inv_tau) < FAST_QUOTIENT and abs(s * inv_tau) < FAST_QUOTIENT:
+        return _phase_from(_fmod_fast(t, tau, inv_tau) - _fmod_fast(s, tau, inv_tau), tau)
+    return _phase_from(np.fmod(t, tau) - np.fmod(s, tau), tau)  # Numba has no math.fmod
 
 
 # the phase gets no fast-math flag at all: it must stay bitwise equal to NumPy's. The
 # kernels inline it; the plain dispatcher lets the tests call it from Python.
 phase_inline = exact(phase, inline=True)
+phase_fast_inline = exact(phase_fast, inline=True)
 phase = exact(phase, inline=False)
+phase_fast = exact(phase_fast, inline=False)
 
 
 def openness(phi, r_on, two_r, leak):
@@ -106,10 +144,22 @@ def dk_dtau_ds(dk_dphi, tj, s, inv_tau):
 dk_dtau_ds = device(dk_dtau_ds)
 
 
-def gate_constants(tau, r_on):
-    """Per-neuron reciprocals the gate loops multiply by: 1 / tau, 2 / r_on, 2 / r_on**2."""
+def gate_constants(tau, r_on, s):
+    """Per-neuron constants of the gate loops: the reciprocals 1 / tau, 2 / r_on and
+    2 / r_on**2 they multiply by; ``t_fast``, the bound below which ``|t|`` lets a row of
+    phases take :func:`phase_fast` (0 if some ``|s / tau|`` is too large, or NaN, for it);
+    and ``s_mod = fmod(s, tau)`` (exact), what :func:`phase_fast` takes."""
     two_r = 2.0 / r_on
-    return 1.0 / tau, two_r, two_r / r_on
+    inv_tau = 1.0 / tau
+    s_mod = np.empty_like(s)
+    most = 0.0
+    s_fast = True
+    for n in range(tau.shape[0]):
+        most = max(most, inv_tau[n])
+        s_fast = s_fast and abs(s[n] * inv_tau[n]) < FAST_QUOTIENT
+        s_mod[n] = np.fmod(s[n], tau[n])
+    t_fast = FAST_QUOTIENT / most if s_fast and most > 0.0 else 0.0
+    return inv_tau, two_r, two_r / r_on, t_fast, s_mod
 
 
 gate_constants = device(gate_constants)

@@ -29,7 +29,16 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .cell_math import cell, copy, gate_constants, openness, phase_inline, sigmoid, tanh
+from .cell_math import (
+    cell,
+    copy,
+    gate_constants,
+    openness,
+    phase_fast_inline,
+    phase_inline,
+    sigmoid,
+    tanh,
+)
 from .compile import device, kernel
 from .intrinsics import lowest_bit, maybe_open8, prefetch
 
@@ -41,7 +50,7 @@ MANY_OPEN = 2  # more than H / 2 open at the previous step: every exact phase, v
 
 
 def open_neurons(tj, gate_rows, tau, inv_tau, s, r_on, two_r, gate_open, k_out, open_idx,
-                  m_prev, phis):
+                  m_prev, phis, t_fast, s_mod):
     """Evaluation gate (``leak = 0``): fill ``open_idx[:m]`` with the neurons updated at time
     ``tj``, ``k_out`` with their openness and ``phis`` with their phases (float64); return
     m. ``gate_open``: every neuron, k = 1.
@@ -61,8 +70,12 @@ def open_neurons(tj, gate_rows, tau, inv_tau, s, r_on, two_r, gate_open, k_out, 
             open_idx[n] = n
         return H
     if m_prev * MANY_OPEN > H:
-        for n in range(H):  # a loop LLVM vectorises (no branches)
-            phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
+        if abs(tj) < t_fast:
+            for n in range(H):  # a loop LLVM vectorises (no branches)
+                phis[n] = phase_fast_inline(tj, tau[n], inv_tau[n], s_mod[n])
+        else:  # a huge timestamp (or a NaN): libm's fmod where needed
+            for n in range(H):
+                phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
         for n in range(H):
             phi = phis[n]
             if phi < r_on[n]:
@@ -80,9 +93,13 @@ def open_neurons(tj, gate_rows, tau, inv_tau, s, r_on, two_r, gate_open, k_out, 
             open_idx[candidates] = 8 * g0 + lowest_bit(word)
             candidates += 1
             word &= word - np.uint64(1)
+    fast = abs(tj) < t_fast
     for c in range(candidates):  # exact phases, in a loop of their own: they overlap
         n = open_idx[c]
-        phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
+        if fast:
+            phis[n] = phase_fast_inline(tj, tau[n], inv_tau[n], s_mod[n])
+        else:
+            phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
     for c in range(candidates):  # in place: m <= c
         n = open_idx[c]
         if phis[n] < r_on[n]:
@@ -260,7 +277,7 @@ def _forward_sparse(seq, tokens_in, weights, peep, timing, gate_open, state, h_s
     read_out = y_seq.shape[0] > 0
     write_h = h_seq.shape[0] > 0
     C = rW.shape[1]
-    inv_tau, two_r, _ = gate_constants(tau, r_on)
+    inv_tau, two_r, _, t_fast, s_mod = gate_constants(tau, r_on, s)
     for b in prange(B):
         hp = np.zeros(WhTp.shape[1], h0.dtype)  # h, zero-padded for the dot products
         h = hp[:H]
@@ -277,7 +294,7 @@ def _forward_sparse(seq, tokens_in, weights, peep, timing, gate_open, state, h_s
         for j in range(T):
             if j < L:
                 m = open_neurons(t[b, j], gate_rows, tau, inv_tau, s, r_on, two_r, gate_open,
-                                  k64, open_idx, m, phis)
+                                  k64, open_idx, m, phis, t_fast, s_mod)
                 if m > 0:
                     row0 = table[tokens[b, j]] if use_tokens else table[0]
                     _sparse_preacts(row0, x[b, j], hp, WxN, WhN, WhTp, open_idx, m, z)
@@ -352,13 +369,17 @@ def chunk_bounds(chunk, nchunks, B):
 chunk_bounds = device(chunk_bounds)
 
 
-def _gate_row(tj, tau, inv_tau, s, r_on, two_r, leak, phis, k):
+def _gate_row(tj, tau, inv_tau, s, r_on, two_r, leak, phis, k, t_fast, s_mod):
     """The time gate of every neuron at ``tj`` (training: every neuron updates): the phases
     into ``phis`` (float64), the openness into ``k`` (model dtype). One output per loop,
     as in the cell loops below."""
     H = k.shape[0]
-    for n in range(H):
-        phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
+    if abs(tj) < t_fast:
+        for n in range(H):
+            phis[n] = phase_fast_inline(tj, tau[n], inv_tau[n], s_mod[n])
+    else:
+        for n in range(H):
+            phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
     for n in range(H):
         k[n] = openness(phis[n], r_on[n], two_r[n], leak)
 
@@ -439,7 +460,7 @@ def _forward_dense(seq, weights, peep, timing, leak, gate_open, state, nchunks, 
     H = h0.shape[1]
     H4 = 4 * H
     one = h0.dtype.type(1.0)
-    inv_tau, two_r, _ = gate_constants(tau, r_on)
+    inv_tau, two_r, _, t_fast, s_mod = gate_constants(tau, r_on, s)
     for chunk in prange(nchunks):
         b0, b1 = chunk_bounds(chunk, nchunks, B)
         nb = b1 - b0
@@ -472,7 +493,8 @@ def _forward_dense(seq, weights, peep, timing, leak, gate_open, state, nchunks, 
                     if gate_open:
                         kbuf[:] = one
                     else:
-                        _gate_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis, kbuf)
+                        _gate_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis, kbuf,
+                                  t_fast, s_mod)
                     _cells_row(zr, kbuf, c[r], h[r], w_ci, w_cf, w_co, i_c[b, j], f_c[b, j],
                                g_c[b, j], o_c[b, j], tanh_ct_c[b, j], ct, one)
                 copy(h_seq[b, j], h[r])
