@@ -17,7 +17,15 @@ import numpy as np
 
 from .backends import check_backend, get_backend
 from .optim import R_ON_MIN, TAU_MIN
-from .validation import as_rng, check_dtype, check_positive_int, check_sequence_inputs, check_state
+from .validation import (
+    as_rng,
+    check_array,
+    check_dtype,
+    check_finite,
+    check_positive_int,
+    check_sequence_inputs,
+    check_state,
+)
 
 __all__ = ["PhasedLSTM", "LSTM"]
 
@@ -49,11 +57,46 @@ def _check_grad_clip(value):
     return float(value)
 
 
-def _check_timing(tau, r_on):
-    if not np.all(np.isfinite(tau)) or np.any(tau <= 0):
-        raise ValueError(f"tau must be finite and > 0, got min {np.min(tau)}")
-    if not np.all(np.isfinite(r_on)) or np.any(r_on <= 0) or np.any(r_on > 1):
-        raise ValueError(f"r_on must lie in (0, 1], got range [{np.min(r_on)}, {np.max(r_on)}]")
+def _check_timing(tau, r_on, where=""):
+    """Raise ValueError naming the first neuron whose tau is not finite and > 0, or whose
+    r_on is not in (0, 1] (NaN included)."""
+    bad = ~(np.isfinite(tau) & (tau > 0))
+    if bad.any():
+        n = int(np.argmax(bad))
+        raise ValueError(f"{where}tau must be finite and > 0, got tau[{n}] = {tau[n]}")
+    bad = ~((r_on > 0) & (r_on <= 1))
+    if bad.any():
+        n = int(np.argmax(bad))
+        raise ValueError(f"{where}r_on must lie in (0, 1], got r_on[{n}] = {r_on[n]}")
+
+
+def _check_tau_exp_range(value):
+    """``tau_exp_range`` as ``(lo, hi)``: finite, ``lo <= hi``, ``exp(hi)`` a finite float64."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"tau_exp_range must be a pair of numbers (low, high), "
+                        f"got {value!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+        raise ValueError(f"tau_exp_range must be finite (low, high) with low <= high, "
+                         f"got {value!r}")
+    if hi > 709.0:  # exp(709.78...) is the largest finite float64
+        raise ValueError(f"tau_exp_range's high must be at most 709 (tau = exp(high) "
+                         f"overflows float64 beyond), got {hi!r}")
+    return lo, hi
+
+
+def _check_real(value, name, *, low=None, low_open=False):
+    """``value`` as a finite float (>= ``low``, or > it with ``low_open``), else raise
+    naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or (low is not None and (value <= low if low_open
+                                                       else value < low)):
+        bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return value
 
 
 class PhasedLSTM:
@@ -121,14 +164,11 @@ class PhasedLSTM:
             raise ValueError(f"tau_min must be > 0 and r_on_min in (0, 1], "
                              f"got {tau_min}, {r_on_min}")
         self.tau_min, self.r_on_min = float(tau_min), float(r_on_min)
-        self.init_std = float(init_std)
+        self.init_std = _check_real(init_std, "init_std", low=0.0)
         rng = as_rng(rng)
         self.params = self._init_gate_params(rng)
         if not self.gate_open:
-            lo, hi = tau_exp_range
-            if not lo <= hi:
-                raise ValueError(f"tau_exp_range must be (low, high) with low <= high, "
-                                 f"got {tau_exp_range}")
+            lo, hi = _check_tau_exp_range(tau_exp_range)
             tau = np.exp(rng.uniform(lo, hi, H)) if tau is None else tau
             tau = _per_neuron(tau, H, "tau", np.float64)
             r_on = _per_neuron(r_on, H, "r_on", np.float64)
@@ -156,6 +196,39 @@ class PhasedLSTM:
             "w_cf": rng.normal(0.0, std, H).astype(dt),
             "w_co": rng.normal(0.0, std, H).astype(dt),
         }
+
+    @property
+    def gate_input_size(self):
+        """D, the rows of ``Wx``: ``input_size`` (an :class:`LSTM` with ``time_input``: +1)."""
+        return self.input_size
+
+    def check_params(self, where=""):
+        """Raise ValueError naming the first parameter that is missing, of another shape or
+        dtype, not finite, or outside its domain (tau > 0, 0 < r_on <= 1).
+
+        Called before every forward pass (O(H (D + H)), a small fraction of the pass), so that
+        parameters set by hand (``layer.params["tau"][:] = -1``) or loaded from a file are
+        refused before a kernel reads them. ``where`` prefixes the message (e.g. a file).
+        """
+        H, D = self.hidden_size, self.gate_input_size
+        shapes = {"Wx": (D, 4 * H), "Wh": (H, 4 * H), "b": (4 * H,), "w_ci": (H,),
+                  "w_cf": (H,), "w_co": (H,)}
+        if not self.gate_open:
+            shapes.update(tau=(H,), s=(H,), r_on=(H,))
+        params = self.params
+        if not isinstance(params, dict) or set(params) != set(shapes):
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ValueError(f"{where}params must hold exactly {sorted(shapes)}, got {got}")
+        for name, shape in shapes.items():
+            p = params[name]
+            if not isinstance(p, np.ndarray) or p.shape != shape or p.dtype != self.dtype:
+                got = (f"{p.shape} {p.dtype}" if isinstance(p, np.ndarray)
+                       else type(p).__name__)
+                raise ValueError(f"{where}params[{name!r}] must be an array of shape {shape} "
+                                 f"and dtype {self.dtype}, got {got}")
+            check_finite(p, f"{where}params[{name!r}]")
+        if not self.gate_open:
+            _check_timing(params["tau"], params["r_on"], where)
 
     @property
     def grad_clip(self):
@@ -231,10 +304,13 @@ class PhasedLSTM:
         h, state, cache
             As :meth:`forward`.
         """
+        self.check_params()
         backend = get_backend(self.backend)
         leak = self.leak if training else 0.0
-        return backend.layer_forward(self.params, self.gate_inputs(x, t), t, lengths, h0, c0,
-                                     leak, self.gate_open)
+        h, state, cache = backend.layer_forward(self.params, self.gate_inputs(x, t), t, lengths,
+                                                h0, c0, leak, self.gate_open)
+        cache["layer"] = dict(owner=self, shape=h.shape, dtype=h.dtype)  # what backward checks
+        return h, state, cache
 
     def backward(self, dh, cache, dstate=None):
         """Gradients of a loss given its gradient ``dh`` (B, T, H) with respect to the outputs.
@@ -252,6 +328,18 @@ class PhasedLSTM:
         dict of ndarray
             Every parameter's gradient (keys of :attr:`params`), and ``x``, ``h0``, ``c0``.
         """
+        if not isinstance(cache, dict) or "layer" not in cache:
+            raise TypeError(f"cache must be the dict this layer's forward returned, got "
+                            f"{type(cache).__name__}")
+        if cache["layer"]["owner"] is not self:
+            raise ValueError("cache comes from another layer's forward: its gradients would "
+                             "be another layer's")
+        B, T, H = cache["layer"]["shape"]
+        dtype = cache["layer"]["dtype"]
+        dh = check_array(dh, "dh", shape=(B, T, H), dtype=dtype)
+        check_finite(dh, "dh")
+        if dstate is not None:
+            dstate = check_state(dstate, B, H, dtype, name="dstate")
         backend = get_backend(cache["backend"])
         return backend.layer_backward(dh, dstate, cache, self.grad_clip)
 
@@ -298,7 +386,7 @@ class LSTM(PhasedLSTM):
     def __init__(self, input_size, hidden_size, *, time_input=True, time_scale=1.0,
                  init_std=0.1, grad_clip=None, dtype=np.float64, backend="numpy", rng=None):
         self.time_input = bool(time_input)
-        self.time_scale = float(time_scale)
+        self.time_scale = _check_real(time_scale, "time_scale")
         super().__init__(input_size, hidden_size, leak=0.0, init_std=init_std,
                          grad_clip=grad_clip, dtype=dtype, backend=backend, rng=rng)
 
@@ -308,6 +396,10 @@ class LSTM(PhasedLSTM):
             extra = rng.normal(0.0, self.init_std, (1, 4 * self.hidden_size)).astype(self.dtype)
             params["Wx"] = np.concatenate([params["Wx"], extra])
         return params
+
+    @property
+    def gate_input_size(self):
+        return self.input_size + int(self.time_input)
 
     def gate_inputs(self, x, t):
         """``x`` with ``t * time_scale`` appended as a last feature (when ``time_input``)."""

@@ -373,6 +373,7 @@ class Network:
         x, t, lengths, tokens = self.check_inputs(x, t, lengths, tokens)
         B, T = t.shape
         states_in = self._check_states(state, B)
+        self._check_outer_params()
         inp = x
         if self.embedding is not None:
             emb = self.embedding.forward(tokens)
@@ -387,8 +388,28 @@ class Network:
             top = top[np.arange(B), lengths - 1]
         out = self.readout.forward(top)
         cache = dict(layer_caches=layer_caches, top=top, tokens=tokens, lengths=lengths, T=T,
-                     updates=[c["updates"] for c in layer_caches])
+                     updates=[c["updates"] for c in layer_caches], owner=self,
+                     out_shape=out.shape)
         return out, states, cache
+
+    def _check_outer_params(self):
+        """The read-out's and the embedding's parameters: their shapes, dtype and finite
+        values (each layer checks its own, :meth:`PhasedLSTM.check_params`)."""
+        parts = [("readout", self.readout, {"W": (self.readout.input_size,
+                                                  self.readout.output_size),
+                                            "b": (self.readout.output_size,)})]
+        if self.embedding is not None:
+            parts.append(("embedding", self.embedding,
+                          {"E": (self.embedding.num_embeddings, self.embedding.dim)}))
+        for prefix, module, shapes in parts:
+            for name, shape in shapes.items():
+                p = module.params.get(name)
+                if not isinstance(p, np.ndarray) or p.shape != shape or p.dtype != self.dtype:
+                    got = (f"{p.shape} {p.dtype}" if isinstance(p, np.ndarray)
+                           else type(p).__name__)
+                    raise ValueError(f"params[{prefix + '.' + name!r}] must be an array of "
+                                     f"shape {shape} and dtype {self.dtype}, got {got}")
+                check_finite(p, f"params[{prefix + '.' + name!r}]")
 
     def backward(self, dout, cache, dstates=None):
         """Gradients of every parameter, of ``x`` and of the initial states.
@@ -407,6 +428,20 @@ class Network:
             The keys of :attr:`params`, plus ``"x"`` (when the network takes features) and
             ``"layer{i}.h0"``, ``"layer{i}.c0"``.
         """
+        if not isinstance(cache, dict) or "owner" not in cache:
+            raise TypeError(f"cache must be the dict this network's forward returned, got "
+                            f"{type(cache).__name__}")
+        if cache["owner"] is not self:
+            raise ValueError("cache comes from another network's forward")
+        dout = check_array(dout, "dout", shape=cache["out_shape"], dtype=self.dtype)
+        check_finite(dout, "dout")
+        if dstates is not None and (not isinstance(dstates, (list, tuple))
+                                    or len(dstates) != len(self.layers)):
+            raise TypeError(f"dstates must be None or a list of {len(self.layers)} "
+                            f"(dh_T, dc_T) pairs or None, one per layer, got "
+                            f"{type(dstates).__name__}"
+                            + (f" of {len(dstates)}" if isinstance(dstates, (list, tuple))
+                               else ""))
         grads = {}
         readout_grads, dtop = self.readout.backward(dout, cache["top"])
         grads.update({f"readout.{k}": v for k, v in readout_grads.items()})
@@ -492,13 +527,16 @@ class Network:
         -------
         loss : float
         grads : dict or None
-            As :meth:`backward` returns.
+            As :meth:`backward` returns; None also when the loss is not finite (the network
+            diverged: there is nothing to differentiate).
         """
         out, _, cache = self.forward(batch.x, batch.t, batch.lengths, batch.tokens, state,
                                      training)
         y, mask = self.check_targets(batch.y, cache["lengths"], cache["T"])
         loss, dout = LOSSES[self.loss_name](out, y, mask)
-        return loss, (self.backward(dout, cache) if need_grads else None)
+        if not need_grads or not np.isfinite(loss):
+            return loss, None
+        return loss, self.backward(dout, cache)
 
     def predict(self, batch, *, state=None):
         """Outputs at evaluation (alpha = 0) for a :class:`Dataset` batch."""
@@ -520,6 +558,11 @@ class Network:
             number of neuron updates computed per neuron and per sequence, for each layer;
             ``dense_updates_per_neuron``: the same for a dense computation (valid steps).
         """
+        if not hasattr(data, "batches"):
+            raise TypeError(f"data must be a Dataset, got {type(data).__name__}")
+        if len(data) == 0:
+            raise ValueError("data is empty: there is nothing to evaluate")
+        batch_size = check_positive_int(batch_size, "batch_size")
         total, correct, count, n = 0.0, 0, 0, 0
         updates = np.zeros(len(self.layers))
         for batch in data.batches(batch_size, shuffle=False):
@@ -603,9 +646,8 @@ class Network:
             "optimizer": None, "metadata": metadata or {},
         }
         if optimizer is not None:
+            optimizer.check_bound_to(params, "this network")
             state = optimizer.state_dict()
-            if set(state["m"]) != set(params):
-                raise ValueError("optimizer does not hold this network's parameters")
             for name in params:
                 arrays[f"adam_m/{name}"] = state["m"][name]
                 arrays[f"adam_v/{name}"] = state["v"][name]

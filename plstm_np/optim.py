@@ -9,6 +9,9 @@ check and the teaching notebooks on the paper's equations.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 __all__ = ["Adam", "clip_grad_norm", "default_bounds", "TAU_MIN", "R_ON_MIN"]
@@ -30,10 +33,14 @@ def default_bounds(params):
 
 
 def check_adam_hyperparameters(lr, beta1, beta2, eps):
-    """Raise ValueError naming the first of ``lr, eps > 0``, ``0 <= beta1, beta2 < 1`` broken."""
+    """Raise naming the first of ``lr, eps`` finite and > 0, ``0 <= beta1, beta2 < 1``
+    broken (TypeError for a non-number)."""
+    for name, value in (("lr", lr), ("eps", eps), ("beta1", beta1), ("beta2", beta2)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     for name, value in (("lr", lr), ("eps", eps)):
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value}")
     for name, value in (("beta1", beta1), ("beta2", beta2)):
         if not 0 <= value < 1:
             raise ValueError(f"{name} must lie in [0, 1), got {value}")
@@ -85,6 +92,15 @@ class Adam:
         self.m = {name: np.zeros_like(p) for name, p in params.items()}
         self.v = {name: np.zeros_like(p) for name, p in params.items()}
 
+    def check_bound_to(self, params, what="net"):
+        """Raise ValueError unless this optimizer updates exactly the arrays of ``params``
+        (a dict; the same objects, not copies): an optimizer built for another network of
+        the same shapes would silently train that other network."""
+        if set(self.params) != set(params) or any(self.params[k] is not params[k]
+                                                  for k in params):
+            raise ValueError(f"optimizer was built for other parameters than {what}'s "
+                             f"(another network, or a copy): build it with Adam({what})")
+
     @property
     def trainable(self):
         """Names of the parameters this optimizer updates."""
@@ -94,17 +110,26 @@ class Adam:
         """Apply one update from ``grads`` (a dict with every trainable parameter's gradient).
 
         Keys of ``grads`` that are not parameters (``x``, initial states) are ignored.
+        Nothing is updated if a gradient is missing, of another shape or not finite (a NaN
+        is never passed on into the parameters: ValueError naming it).
         """
         missing = [name for name in self.trainable if name not in grads]
         if missing:
             raise KeyError(f"grads lacks the gradient of {missing}")
+        for name in self.trainable:
+            g = grads[name]
+            if not isinstance(g, np.ndarray) or g.shape != self.params[name].shape:
+                got = g.shape if isinstance(g, np.ndarray) else type(g).__name__
+                raise ValueError(f"grads[{name!r}] has shape {got}, parameter has "
+                                 f"{self.params[name].shape}")
+            if not np.all(np.isfinite(g)):
+                raise ValueError(f"grads[{name!r}] holds a non-finite value: refusing to "
+                                 f"update the parameters with it")
         self.step_count += 1
         t = self.step_count
         c1, c2 = 1.0 - self.beta1 ** t, 1.0 - self.beta2 ** t
         for name in self.trainable:
             p, g = self.params[name], grads[name]
-            if g.shape != p.shape:
-                raise ValueError(f"grads[{name!r}] has shape {g.shape}, parameter has {p.shape}")
             m, v = self.m[name], self.v[name]
             m *= self.beta1
             m += (1.0 - self.beta1) * g
@@ -152,9 +177,14 @@ def clip_grad_norm(grads, max_norm, names=None):
     norm : float
         The global norm before clipping.
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real) or not (
+            math.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"max_norm must be a finite number > 0, got {max_norm!r}")
     names = list(grads if names is None else names)
+    for n in names:
+        if not np.all(np.isfinite(grads[n])):
+            raise ValueError(f"grads[{n!r}] holds a non-finite value: its norm cannot be "
+                             f"clipped")
     norm = float(np.sqrt(sum(float(np.sum(np.square(grads[n], dtype=np.float64))) for n in names)))
     scale = max_norm / norm if norm > max_norm else 1.0
     clipped = dict(grads)

@@ -32,6 +32,19 @@ import numpy as np
 __all__ = ["phase", "time_gate", "time_gate_with_grads", "TimeGateGrads", "kink_distance"]
 
 
+def _check_domain(a, ok, what):
+    """Raise ValueError showing the first entry of ``a`` where ``ok`` is False."""
+    if not np.all(ok):
+        raise ValueError(f"{what}, got {np.ravel(a)[~np.ravel(ok)][0].item()!r}")
+
+
+def _check_tau(tau):
+    """``tau`` as float64, if every entry is finite and > 0 (else ValueError)."""
+    tau = np.asarray(tau, dtype=np.float64)
+    _check_domain(tau, np.isfinite(tau) & (tau > 0), "tau must be finite and > 0")
+    return tau
+
+
 def phase(t, tau, s):
     """Phase ``phi = ((t - s) mod tau) / tau`` in float64, in [0, 1), exact to rounding at
     any timestamp.
@@ -54,7 +67,7 @@ def phase(t, tau, s):
         The phase, with floor-mod semantics (``t < s`` wraps into [0, 1)).
     """
     t = np.asarray(t, dtype=np.float64)
-    tau = np.asarray(tau, dtype=np.float64)
+    tau = _check_tau(tau)
     s = np.asarray(s, dtype=np.float64)
     d = np.fmod(t, tau) - np.fmod(s, tau)  # both exact; d in (-2 tau, 2 tau)
     for _ in range(2):  # floor-mod into [0, tau): at most two periods to add or remove
@@ -114,6 +127,7 @@ def time_gate_with_grads(t, tau, s, r_on, leak=0.0) -> TimeGateGrads:
     tau = np.asarray(tau, dtype=np.float64)
     s = np.asarray(s, dtype=np.float64)
     r_on = np.asarray(r_on, dtype=np.float64)
+    _check_domain(r_on, (r_on > 0) & (r_on <= 1), "r_on must lie in (0, 1]")
     phi = phase(t, tau, s)
     rising = phi < 0.5 * r_on
     falling = ~rising & (phi < r_on)

@@ -19,6 +19,7 @@ a given thread count but rounds differently for another).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 
@@ -28,7 +29,7 @@ from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipyw
 from .files import refuse_existing, write_json_atomic
 from .io import load_checkpoint
 from .optim import clip_grad_norm
-from .validation import as_rng
+from .validation import as_rng, check_positive_int
 
 __all__ = ["train"]
 
@@ -119,6 +120,9 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
                         f"{type(train_data).__name__}")
     if resume and state_path is None:
         raise ValueError("resume=True needs state_path (the file the resume state is in)")
+    _check_loop_settings(epochs, batch_size, max_batches, patience, min_delta, eval_batch_size,
+                         max_grad_norm)
+    optimizer.check_bound_to(net.params)
     rng = as_rng(rng)
     loop = dict(batch_size=batch_size, max_batches=max_batches, max_grad_norm=max_grad_norm,
                 min_delta=min_delta, patience=patience, eval_batch_size=eval_batch_size)
@@ -160,6 +164,9 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
                   "seconds": time.perf_counter() - start}
         if val_data is not None:
             metrics = net.evaluate(val_data, batch_size=eval_batch_size)
+            if not np.isfinite(metrics["loss"]):
+                raise FloatingPointError(f"validation loss is {metrics['loss']} after epoch "
+                                         f"{epoch}: the network diverged")
             record.update({f"val_{k}": v for k, v in metrics.items()})
         history.append(record)
         if progress:
@@ -187,6 +194,26 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
         if patience is not None and stale >= patience:
             break
     return history
+
+
+def _check_loop_settings(epochs, batch_size, max_batches, patience, min_delta,
+                         eval_batch_size, max_grad_norm):
+    """Raise naming the first loop setting out of its domain (before anything runs)."""
+    for name, value, optional in (("epochs", epochs, False), ("batch_size", batch_size, False),
+                                  ("eval_batch_size", eval_batch_size, False),
+                                  ("max_batches", max_batches, True),
+                                  ("patience", patience, True)):
+        if optional and value is None:
+            continue
+        check_positive_int(value, name)
+    for name, value in (("min_delta", min_delta), ("max_grad_norm", max_grad_norm)):
+        if value is None and name == "max_grad_norm":
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not (math.isfinite(value) and (value >= 0 if name == "min_delta" else value > 0)):
+            raise ValueError(f"{name} must be a finite number "
+                             f"{'>= 0' if name == 'min_delta' else '> 0'}, got {value!r}")
 
 
 def _restore(path, net, optimizer, rng, loop, epochs):

@@ -97,3 +97,58 @@ def test_float32_network_trains_in_float32(rng):
     opt.step(grads)
     assert all(v.dtype == np.float32 for v in net.params.values())
     assert all(g.dtype == np.float32 for g in grads.values())
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(lr=np.inf), ValueError, "lr must be a finite number > 0, got inf"),
+    (dict(lr=np.nan), ValueError, "lr must be a finite number > 0"),
+    (dict(lr=0.0), ValueError, "lr must be a finite number > 0"),
+    (dict(lr="0.1"), TypeError, "lr must be a number"),
+    (dict(eps=np.inf), ValueError, "eps must be a finite number > 0"),
+    (dict(beta1=np.nan), ValueError, r"beta1 must lie in \[0, 1\)"),
+    (dict(beta2=1.0), ValueError, r"beta2 must lie in \[0, 1\)"),
+])
+def test_adam_refuses_bad_hyperparameters(kwargs, error, match):
+    net = make_network(np.random.default_rng(0))
+    with pytest.raises(error, match=match):
+        pl.Adam(net, **kwargs)
+
+
+def test_adam_never_passes_a_non_finite_gradient_on():
+    rng = np.random.default_rng(1)
+    net = make_network(rng)
+    opt = pl.Adam(net)
+    _, grads = net.loss_and_grads(make_batch(net, rng))
+    before = {k: v.copy() for k, v in net.params.items()}
+    name = opt.trainable[-1]
+    grads[name] = grads[name].copy()
+    grads[name].flat[0] = np.nan
+    with pytest.raises(ValueError, match=rf"grads\['{name}'\] holds a non-finite value"):
+        opt.step(grads)
+    assert opt.step_count == 0  # nothing updated, not even the other parameters
+    assert all(np.array_equal(before[k], v) for k, v in net.params.items())
+    assert all(not m.any() for m in opt.m.values())
+
+
+def test_clip_grad_norm_refuses_non_finite_entries_and_bounds():
+    grads = {"a": np.array([1.0, np.inf]), "b": np.ones(2)}
+    with pytest.raises(ValueError, match=r"grads\['a'\] holds a non-finite value"):
+        pl.clip_grad_norm(grads, 1.0)
+    for bad in (np.nan, np.inf, 0.0, -1.0):
+        with pytest.raises(ValueError, match="max_norm must be a finite number > 0"):
+            pl.clip_grad_norm({"b": np.ones(2)}, bad)
+    clipped, norm = pl.clip_grad_norm({"b": np.full(4, 3.0)}, 1.0)
+    assert norm == 6.0 and np.allclose(np.linalg.norm(clipped["b"]), 1.0)
+
+
+def test_an_optimizer_of_another_network_is_refused(tmp_path):
+    rng = np.random.default_rng(2)
+    net, twin = make_network(np.random.default_rng(3)), make_network(np.random.default_rng(3))
+    batch = make_batch(net, rng)
+    opt = pl.Adam(twin)  # same names and shapes, other arrays
+    with pytest.raises(ValueError, match="optimizer was built for other parameters"):
+        pl.train(net, opt, batch, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="optimizer was built for other parameters"):
+        net.save(tmp_path / "net.npz", optimizer=opt)
+    assert not (tmp_path / "net.npz").exists()
+    net.save(tmp_path / "net.npz", optimizer=pl.Adam(net))  # its own is accepted

@@ -186,16 +186,23 @@ def test_train_refuses_a_resume_state_that_does_not_fit(tmp_path):
              progress=False, state_path=tmp_path / "s.npz")
     with pytest.raises(ValueError, match="needs state_path"):
         pl.train(net, pl.Adam(net), data, epochs=1, resume=True)
+    fresh = _net()
     with pytest.raises(ValueError, match="batch_size"):
-        pl.train(_net(), pl.Adam(_net(), lr=0.01), data, val, epochs=2, batch_size=4, rng=0,
+        pl.train(fresh, pl.Adam(fresh, lr=0.01), data, val, epochs=2, batch_size=4, rng=0,
                  progress=False, state_path=tmp_path / "s.npz", resume=True)
     other = _net()
     with pytest.raises(ValueError, match="lr"):
         pl.train(other, pl.Adam(other, lr=0.5), data, val, epochs=2, batch_size=8, rng=0,
                  progress=False, state_path=tmp_path / "s.npz", resume=True)
-    with pytest.raises(ValueError, match="beyond epochs"):
+    with pytest.raises(ValueError, match="epochs must be a positive int"):
         pl.train(other, pl.Adam(other, lr=0.01), data, val, epochs=0, batch_size=8,
                  progress=False, state_path=tmp_path / "s.npz", resume=True)
+    two = _net()  # a state of epoch 2, resumed with epochs=1
+    pl.train(two, pl.Adam(two, lr=0.01), data, val, epochs=2, batch_size=8, rng=0,
+             progress=False, state_path=tmp_path / "two.npz")
+    with pytest.raises(ValueError, match="beyond epochs"):
+        pl.train(two, pl.Adam(two, lr=0.01), data, val, epochs=1, batch_size=8, rng=0,
+                 progress=False, state_path=tmp_path / "two.npz", resume=True)
     with pytest.raises(FileExistsError):  # not resuming: an existing state is kept
         pl.train(other, pl.Adam(other, lr=0.01), data, val, epochs=1, batch_size=8,
                  progress=False, state_path=tmp_path / "s.npz")

@@ -58,15 +58,21 @@ def test_checkpoint_log_and_early_stopping(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the inf weight below, on purpose
-def test_max_batches_and_non_finite_loss():
+def test_max_batches_and_non_finite_loss(monkeypatch):
     rng = np.random.default_rng(2)
     data = sine_data(64, rng, T=8)
     net = make_net(rng)
     opt = pl.Adam(net)
     pl.train(net, opt, data, epochs=2, batch_size=8, max_batches=3, progress=False)
     assert opt.step_count == 6
-    net.params["readout.W"][0, 0] = np.inf
+    before = {k: v.copy() for k, v in net.params.items()}
+    monkeypatch.setattr(net, "loss_and_grads", lambda batch, training: (float("nan"), None))
     with pytest.raises(FloatingPointError, match="epoch 1, batch 0"):
+        pl.train(net, opt, data, epochs=1, progress=False)
+    assert all(np.array_equal(before[k], v) for k, v in net.params.items())  # no update
+    net.params["readout.W"][0, 0] = np.inf  # a diverged parameter is refused by name
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"params\['readout.W'\] has a non-finite value"):
         pl.train(net, opt, data, epochs=1, progress=False)
 
 
@@ -90,3 +96,48 @@ def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path):
     expected = (tmp_path / "plain.json").stat().st_mode & 0o777
     write_json_atomic(tmp_path / "log.json", {})
     assert (tmp_path / "log.json").stat().st_mode & 0o777 == expected
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(batch_size=0), ValueError, "batch_size must be a positive int"),
+    (dict(batch_size=2.5), TypeError, "batch_size must be a positive int"),
+    (dict(batch_size=-1), ValueError, "batch_size must be a positive int"),
+    (dict(max_batches=0), ValueError, "max_batches must be a positive int"),
+    (dict(epochs=-1), ValueError, "epochs must be a positive int"),
+    (dict(patience=0), ValueError, "patience must be a positive int"),
+    (dict(eval_batch_size=0), ValueError, "eval_batch_size must be a positive int"),
+    (dict(min_delta=np.nan), ValueError, "min_delta must be a finite number >= 0"),
+    (dict(max_grad_norm=np.inf), ValueError, "max_grad_norm must be a finite number > 0"),
+])
+def test_train_refuses_bad_loop_settings(kwargs, error, match):
+    rng = np.random.default_rng(4)
+    net = make_net(rng)
+    opt = pl.Adam(net)
+    before = {k: v.copy() for k, v in net.params.items()}
+    with pytest.raises(error, match=match):
+        pl.train(net, opt, sine_data(16, rng, T=6), **{"epochs": 1, "progress": False,
+                                                        **kwargs})
+    assert opt.step_count == 0 and all(np.array_equal(before[k], v)
+                                       for k, v in net.params.items())
+
+
+def test_a_non_finite_validation_loss_stops_training(monkeypatch):
+    rng = np.random.default_rng(5)
+    net = make_net(rng)
+    monkeypatch.setattr(net, "evaluate", lambda data, batch_size: {"loss": float("nan")})
+    with pytest.raises(FloatingPointError, match="validation loss is nan after epoch 1"):
+        pl.train(net, pl.Adam(net), sine_data(16, rng, T=6), sine_data(8, rng, T=6),
+                 epochs=3, progress=False)
+
+
+def test_evaluate_refuses_empty_data_and_bad_batch_sizes():
+    rng = np.random.default_rng(6)
+    net = make_net(rng)
+    data = sine_data(8, rng, T=6)
+    with pytest.raises(ValueError, match="data is empty"):
+        net.evaluate(data[np.arange(0)])
+    for bad, error in ((0, ValueError), (-2, ValueError), (1.5, TypeError)):
+        with pytest.raises(error, match="batch_size must be a positive int"):
+            net.evaluate(data, batch_size=bad)
+    with pytest.raises(TypeError, match="data must be a Dataset"):
+        net.evaluate([1, 2])

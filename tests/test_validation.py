@@ -213,3 +213,128 @@ def test_bad_input_same_error_on_every_backend_float32(backend, case):
     assert expected[0] is TypeError and "float32" in expected[1]
     got = _error_of(pl.PhasedLSTM(2, 3, dtype=np.float32, backend=backend, rng=1), call)
     assert got == expected
+
+
+# ---------------------------------------------------------------- backward and parameters
+@pytest.fixture
+def forward_cache(layer, good):
+    x, t = good
+    h, _, cache = layer.forward(x, t, training=True)
+    return h, cache
+
+
+@pytest.mark.parametrize("case, error, match", [
+    ("dh batch", ValueError, r"dh must have shape \(2, 4, 3\)"),
+    ("dh steps", ValueError, r"dh must have shape \(2, 4, 3\)"),
+    ("dh hidden", ValueError, r"dh must have shape \(2, 4, 3\)"),
+    ("dh float32", TypeError, "dh must have dtype float64"),
+    ("dh list", TypeError, "dh must be a numpy.ndarray"),
+    ("dh nan", ValueError, r"dh has a non-finite value nan at index \(1, 2, 0\)"),
+    ("dstate shape", ValueError, r"dstate\[0\] \(h0\) must have shape \(2, 3\)"),
+    ("dstate inf", ValueError, r"dstate\[1\] \(c0\) has a non-finite value inf"),
+    ("dstate single", TypeError, "dstate must be a tuple"),
+    ("cache other layer", ValueError, "cache comes from another layer"),
+    ("cache not a dict", TypeError, "cache must be the dict this layer's forward returned"),
+])
+def test_backward_checks_its_inputs_on_every_backend(layer, good, forward_cache, case, error,
+                                                     match):
+    """The Numba kernel read out of bounds with such a dh (sums of |dWx| up to 1e249)."""
+    h, cache = forward_cache
+    dh, dstate = np.ones_like(h), None
+    if case == "dh batch":
+        dh = np.ones((1, 4, 3))
+    elif case == "dh steps":
+        dh = np.ones((2, 5, 3))
+    elif case == "dh hidden":
+        dh = np.ones((2, 4, 4))
+    elif case == "dh float32":
+        dh = dh.astype(np.float32)
+    elif case == "dh list":
+        dh = dh.tolist()
+    elif case == "dh nan":
+        dh[1, 2, 0] = np.nan
+    elif case == "dstate shape":
+        dstate = (np.ones((2, 4)), np.ones((2, 3)))
+    elif case == "dstate inf":
+        dstate = (np.ones((2, 3)), np.full((2, 3), np.inf))
+    elif case == "dstate single":
+        dstate = np.ones((2, 3))
+    elif case == "cache other layer":
+        other = pl.PhasedLSTM(2, 3, backend=layer.backend, rng=0)
+        cache = other.forward(*good)[2]
+    elif case == "cache not a dict":
+        cache = [cache]
+    with pytest.raises(error, match=match):
+        layer.backward(dh, cache, dstate)
+
+
+def test_valid_backward_inputs_still_pass(layer, forward_cache):
+    h, cache = forward_cache
+    grads = layer.backward(np.ones_like(h), cache, (np.ones((2, 3)), np.zeros((2, 3))))
+    assert all(np.all(np.isfinite(g)) for g in grads.values())
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("tau", -1.0, r"tau must be finite and > 0, got tau\[0\] = -1"),
+    ("tau", 0.0, r"tau must be finite and > 0, got tau\[0\] = 0"),
+    ("tau", np.nan, r"params\['tau'\] has a non-finite value nan"),
+    ("r_on", 0.0, r"r_on must lie in \(0, 1\], got r_on\[0\] = 0"),
+    ("r_on", 3.0, r"r_on must lie in \(0, 1\], got r_on\[0\] = 3"),
+    ("r_on", np.nan, r"params\['r_on'\] has a non-finite value"),
+    ("s", np.inf, r"params\['s'\] has a non-finite value"),
+    ("Wx", np.nan, r"params\['Wx'\] has a non-finite value"),
+    ("w_co", np.inf, r"params\['w_co'\] has a non-finite value"),
+    ("Wh", "shape", r"params\['Wh'\] must be an array of shape \(3, 12\)"),
+    ("b", "float32", r"params\['b'\] must be an array of shape \(12,\) and dtype float64"),
+    ("tau", "missing", r"params must hold exactly"),
+])
+def test_parameters_are_checked_where_they_are_used(layer, good, name, value, match):
+    """Set by hand after construction: refused at the next forward, on every backend."""
+    if value == "shape":
+        layer.params[name] = np.zeros((3, 13))
+    elif value == "float32":
+        layer.params[name] = layer.params[name].astype(np.float32)
+    elif value == "missing":
+        del layer.params[name]
+    else:
+        layer.params[name][0] = value
+    for training in (True, False):
+        with pytest.raises(ValueError, match=match):
+            layer.forward(*good, training=training)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: pl.PhasedLSTM(1, 2, init_std=np.nan), ValueError, "init_std must be a finite"),
+    (lambda: pl.PhasedLSTM(1, 2, init_std=-0.1), ValueError, "init_std must be a finite"),
+    (lambda: pl.LSTM(1, 2, time_scale=np.nan), ValueError, "time_scale must be a finite"),
+    (lambda: pl.LSTM(1, 2, time_scale="1"), TypeError, "time_scale must be a finite"),
+    (lambda: pl.PhasedLSTM(1, 2, tau_exp_range=(0, 1000)), ValueError,
+     "tau_exp_range's high must be at most 709"),
+    (lambda: pl.PhasedLSTM(1, 2, tau_exp_range=(0, np.inf)), ValueError,
+     "tau_exp_range must be finite"),
+    (lambda: pl.PhasedLSTM(1, 2, tau_exp_range=5), TypeError, "tau_exp_range must be a pair"),
+    (lambda: pl.time_gate(np.ones(3), 0.0, 0.0, 0.05), ValueError,
+     "tau must be finite and > 0, got 0.0"),
+    (lambda: pl.time_gate(np.ones(3), 1.0, 0.0, 0.0), ValueError, r"r_on must lie in \(0, 1\]"),
+    (lambda: pl.time_gate(np.ones(3), np.nan, 0.0, 0.5), ValueError, "tau must be finite"),
+])
+def test_constructor_and_time_gate_arguments(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_network_checks_dout_dstates_and_its_readout(rng, backend):
+    net = make_network(rng, backend=backend)
+    batch = make_batch(net, rng)
+    out, _, cache = net.forward(batch.x, batch.t, batch.lengths, batch.tokens)
+    with pytest.raises(ValueError, match="dout must have shape"):
+        net.backward(np.ones((out.shape[0] + 1,) + out.shape[1:]), cache)
+    bad = np.ones_like(out)
+    bad.flat[0] = np.nan
+    with pytest.raises(ValueError, match="dout has a non-finite value"):
+        net.backward(bad, cache)
+    with pytest.raises(TypeError, match="dstates must be None or a list of"):
+        net.backward(np.ones_like(out), cache, dstates=[None] * (len(net.layers) + 1))
+    net.params["readout.b"][0] = np.nan
+    with pytest.raises(ValueError, match=r"params\['readout.b'\] has a non-finite value"):
+        net.forward(batch.x, batch.t, batch.lengths, batch.tokens)
