@@ -74,8 +74,9 @@ def read_events(path, *, sensor_size=SENSOR_SIZE):
     Raises
     ------
     ValueError
-        Naming the file: empty, truncated (size not a multiple of 5 bytes), a coordinate
-        outside the sensor, or a timestamp smaller than the previous one.
+        Naming the file: empty or holding only overflow markers, truncated (size not a
+        multiple of 5 bytes), a coordinate outside the sensor, or a timestamp smaller than
+        the previous one.
     """
     path = Path(path)
     raw = np.fromfile(path, dtype=np.uint8)
@@ -94,6 +95,9 @@ def read_events(path, *, sensor_size=SENSOR_SIZE):
     keep = ~overflow
     index = np.flatnonzero(keep)        # event numbers in the file, for the messages below
     x, y, p, t = x[keep], y[keep], b[keep, 2] >> 7, t[keep]
+    if not len(t):
+        raise ValueError(f"N-MNIST file {path} holds no events: all its {len(keep)} records "
+                         f"are timestamp-overflow markers (y == {_OVERFLOW_Y})")
     bad = (x >= sensor_size) | (y >= sensor_size)
     if bad.any():
         i = int(np.argmax(bad))
@@ -111,27 +115,65 @@ def read_events(path, *, sensor_size=SENSOR_SIZE):
     return events
 
 
-def read_labels(path):
+def read_labels(path, *, num_classes=10):
     """Read a label file in the ``train1K.txt`` style: lines ``<id> <label>``, '#' comments.
+
+    Parameters
+    ----------
+    path : str or Path
+        A UTF-8 text file (a leading byte-order mark is allowed). Each non-blank line, after
+        removing a '#' comment, holds exactly two integers: a sample id (a file's numeric
+        name, ``>= 0``) and its class.
+    num_classes : int
+        Classes are ``0..num_classes-1`` (10 for N-MNIST).
 
     Returns
     -------
     dict of int -> int
-        Sample id -> class.
+        Sample id -> class. An id listed twice with the same class is kept once.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and, where it applies, the line: not UTF-8, no labels at all, a line
+        that is not two integers, a negative id, a class outside ``0..num_classes-1``, or an
+        id listed twice with different classes.
     """
     path = Path(path)
-    labels = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise ValueError(f"label file {path}, line {line}: not valid UTF-8 text (byte "
+                         f"{raw[error.start]:#04x} at offset {error.start})") from None
+    labels, seen_on = {}, {}
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
+        where = f"label file {path}, line {number}"
         fields = line.split()
         try:
+            if len(fields) != 2:
+                raise ValueError
             sample, label = int(fields[0]), int(fields[1])
-        except (IndexError, ValueError):
-            raise ValueError(f"label file {path}, line {number}: expected '<id> <label>', "
+        except ValueError:
+            raise ValueError(f"{where}: expected '<id> <label>' (two integers), "
                              f"got {line!r}") from None
-        labels[sample] = label
+        if sample < 0:
+            raise ValueError(f"{where}: sample id {sample} is negative (ids are the files' "
+                             f"numeric names)")
+        if not 0 <= label < num_classes:
+            raise ValueError(f"{where}: label {label} of sample {sample} is outside "
+                             f"0..{num_classes - 1}")
+        if sample in labels and labels[sample] != label:
+            raise ValueError(f"{where}: sample {sample} has label {label}, but line "
+                             f"{seen_on[sample]} gave it label {labels[sample]}")
+        labels.setdefault(sample, label)
+        seen_on.setdefault(sample, number)
+    if not labels:
+        raise ValueError(f"label file {path} holds no labels: no '<id> <label>' lines")
     return labels
 
 
@@ -227,7 +269,8 @@ def subsample(events, rho, rng=None):
     Returns
     -------
     ndarray
-        The kept events, in their original order (a copy, also when ``rho = 1``).
+        The kept events, in their original order (a copy, also when ``rho = 1``); empty
+        if a small ``rho`` drops them all (:func:`to_dataset` refuses such a recording).
     """
     if not 0.0 < rho <= 1.0:
         raise ValueError(f"rho must lie in (0, 1], got {rho}")
@@ -258,6 +301,12 @@ def to_dataset(recordings, labels, *, rho=1.0, rng=None, dtype=np.float64):
         ``x`` (N, T, 1): polarity, +1 for ON and -1 for OFF (0 in the padding);
         ``t`` (N, T) float64: time in milliseconds (the padding repeats the last valid time);
         ``lengths`` (N,) int64: events kept; ``y`` (N,) int64: the labels.
+
+    Raises
+    ------
+    ValueError
+        If ``labels`` does not match ``recordings``, or a recording is empty or loses all
+        its events to subsampling (naming its index and ``rho``).
     """
     dtype = check_dtype(dtype)
     labels = np.asarray(labels, dtype=np.int64)
@@ -266,6 +315,15 @@ def to_dataset(recordings, labels, *, rho=1.0, rng=None, dtype=np.float64):
     rng = as_rng(rng)
     kept = [subsample(r, rho, rng) for r in recordings]
     lengths = np.array([len(r) for r in kept], np.int64)
+    empty = np.flatnonzero(lengths == 0)       # a sequence needs at least one step
+    if empty.size:
+        i = int(empty[0])
+        n = len(recordings[i])
+        if n == 0:
+            raise ValueError(f"recording {i} (counting from 0) holds no events")
+        raise ValueError(
+            f"recording {i} (counting from 0) lost all its {n} events to subsampling at "
+            f"rho = {rho} (about {n * rho:.2g} expected to be kept): use a larger rho")
     N, T = len(kept), int(lengths.max()) if kept else 0
     tokens = np.zeros((N, T), np.int64)
     x = np.zeros((N, T, 1), dtype)

@@ -29,7 +29,7 @@ import numpy as np
 
 from .backends import get_backend
 from .layers import PhasedLSTM
-from .validation import check_positive_int, check_sequence_inputs
+from .validation import check_positive_int, check_sequence_inputs, valid_steps
 
 __all__ = ["Stream"]
 
@@ -68,6 +68,15 @@ class Stream:
     (batch, n), ``x`` (batch, n, n_features), ``tokens`` (batch, n), optional ``lengths``
     (batch,) when the streams' packets hold different numbers of events). It returns the
     read-out after every pushed event, shaped like ``t`` plus a trailing axis of outputs.
+
+    A stream's clock never goes back: within a packet, each stream's events must come in
+    non-decreasing time order, and a stream's first event in a packet must be no earlier than
+    its :attr:`last_time`. Equal times are allowed. A packet that breaks this is refused with a
+    ``ValueError`` naming the stream (row) and both times, and leaves the stream's state
+    unchanged; :meth:`reset` forgets the last times, so that new streams may start anywhere.
+    Padding events (beyond ``lengths``) are never checked. An empty packet (``t`` with no
+    events, after the same checks of types and shapes) is a no-op: it returns an empty
+    read-out, shaped like ``t`` plus the outputs' axis, and changes nothing.
     """
 
     def __init__(self, model, batch=1):
@@ -102,7 +111,11 @@ class Stream:
                     self._prepared[0], emb.params["E"])
 
     def reset(self):
-        """Forget every stream's state: zeros, no events seen, counts zero."""
+        """Forget every stream's state: zeros, no events seen, counts zero.
+
+        Also forgets :attr:`last_time` (NaN again), so the next :meth:`push` may start at any
+        time, earlier ones included.
+        """
         B = self.batch
         self.states = [(np.zeros((B, layer.hidden_size), self.dtype),
                         np.zeros((B, layer.hidden_size), self.dtype)) for layer in self.layers]
@@ -172,6 +185,38 @@ class Stream:
             tok3 = tok.reshape(expand)
         return x3, t3, tok3, lengths, out_shape
 
+    def _check_time_order(self, t, lengths, ndim):
+        """Refuse a packet in which a stream's clock goes back (equal times are allowed).
+
+        ``t`` (batch, n) and ``lengths`` are validated (valid times finite); ``ndim`` is the
+        number of dimensions of the caller's ``t``, to name the offending entry as they see it.
+        """
+        def entry(b, j):  # the entry as the caller indexes their t
+            if ndim == 0:
+                return "t"
+            if ndim == 1:  # one stream's packet, or one event per stream
+                return f"t[{j}]" if self.batch == 1 else f"t[{b}]"
+            return f"t[{b}, {j}]"
+
+        n = t.shape[1]
+        # within the packet: each valid event no earlier than the one before it
+        back = valid_steps(lengths, n)[:, 1:] & (t[:, 1:] < t[:, :-1])
+        if back.any():
+            b, j = (int(i) for i in np.argwhere(back)[0])
+            raise ValueError(
+                f"t must be non-decreasing within each stream's packet: in row {b}, "
+                f"{entry(b, j + 1)} = {float(t[b, j + 1])!r} is earlier than "
+                f"{entry(b, j)} = {float(t[b, j])!r}")
+        # across packets: a stream's first event no earlier than its last time (NaN before
+        # its first event, which compares False); rows with no event in this packet wait
+        early = (lengths > 0) & (t[:, 0] < self.last_time)
+        if early.any():
+            b = int(np.argmax(early))
+            raise ValueError(
+                f"t goes back in time in row {b}: {entry(b, 0)} = {float(t[b, 0])!r} is earlier "
+                f"than the stream's last time {float(self.last_time[b])!r} (equal times are "
+                f"allowed); call reset() to start new streams")
+
     def push(self, x=None, t=None, tokens=None, lengths=None):
         """Feed the next event(s) of every stream; return the read-out after each of them.
 
@@ -192,11 +237,25 @@ class Stream:
             Read-out (or, for a bare layer, hidden state) after every pushed event: the shape
             of ``t`` followed by the number of outputs. Padding events repeat the read-out of
             the stream's last real event.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For inputs of the wrong type, shape or dtype, or non-finite values (as
+            :meth:`plstm_np.Network.forward`).
+        ValueError
+            If a stream's times decrease within the packet, or if a stream's first event is
+            earlier than its :attr:`last_time` (equal times are allowed). Nothing is changed:
+            the stream's state, counts and last times are those before the call.
         """
         if t is None:
             raise TypeError("t is required")
         x3, t3, tok3, lengths, out_shape = self._canonical(x, t, tokens, lengths)
         B, n = t3.shape
+        if n == 0:  # an empty packet: nothing to compute, an empty read-out
+            C = (self.network.output_size if self.network is not None
+                 else self.layers[-1].hidden_size)
+            return np.empty(tuple(out_shape) + (C,), self.dtype)
         tokens = None
         if self.network is not None:
             x3, t3, lengths, tok3 = self.network.check_inputs(x3, t3, lengths, tok3)
@@ -209,6 +268,7 @@ class Stream:
             inp, t3, lengths = check_sequence_inputs(x3, t3, lengths,
                                                      input_size=self.layers[0].input_size,
                                                      dtype=self.dtype)
+        self._check_time_order(t3, lengths, len(out_shape))  # before any state changes
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h0, c0 = self.states[i]

@@ -136,6 +136,88 @@ def test_error_names_the_file_when_loading_a_folder(tmp_path):
         nmnist.load_nmnist(tmp_path)
 
 
+def test_only_overflow_markers(tmp_path):
+    path = tmp_path / "markers.bin"
+    path.write_bytes(encode([0, 0, 0], [240, 240, 240], [0, 0, 0], [0, 0, 0]))
+    with pytest.raises(ValueError, match=r"markers\.bin holds no events.*3 records.*overflow"):
+        nmnist.read_events(path)
+
+
+# ----------------------------------------------------------------------------- label files
+
+def write_labels(tmp_path, content, name="labels.txt"):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+@pytest.mark.parametrize("content, line", [
+    ("1 5\n2 x\n", 2),              # a non-integer label
+    ("1 5\n2 3 4\n", 2),            # three fields
+    ("1 5\n\n3 1 # ok\n4 2 7 9\n", 4),
+    ("1\n", 1),                     # one field
+    ("1 5.0\n", 1),
+])
+def test_label_line_not_two_integers(tmp_path, content, line):
+    path = write_labels(tmp_path, content)
+    with pytest.raises(ValueError, match=rf"labels\.txt, line {line}: expected '<id> <label>'"):
+        nmnist.read_labels(path)
+
+
+@pytest.mark.parametrize("label", [-1, -7, 10, 11])
+def test_label_outside_the_classes(tmp_path, label):
+    path = write_labels(tmp_path, f"#sample #class\n1 5\n2 {label}\n")
+    with pytest.raises(ValueError, match=rf"labels\.txt, line 3: label {label} .*outside 0\.\.9"):
+        nmnist.read_labels(path)
+    assert nmnist.read_labels(write_labels(tmp_path, "1 0\n2 9\n", "ok.txt")) == {1: 0, 2: 9}
+
+
+def test_negative_label_refused_when_loading_a_folder(tmp_path):
+    shutil.copy(SMALL / "1.bs2", tmp_path / "1.bs2")
+    write_labels(tmp_path, "1 -1\n")
+    with pytest.raises(ValueError, match=r"labels\.txt, line 1: label -1"):
+        nmnist.load_nmnist(tmp_path)
+
+
+def test_negative_sample_id(tmp_path):
+    path = write_labels(tmp_path, "1 5\n-2 3\n")
+    with pytest.raises(ValueError, match=r"labels\.txt, line 2: sample id -2 is negative"):
+        nmnist.read_labels(path)
+
+
+def test_duplicate_ids(tmp_path):
+    path = write_labels(tmp_path, "1 5\n2 0\n\n1 4\n")
+    with pytest.raises(ValueError, match=r"labels\.txt, line 4: sample 1 has label 4, but "
+                                         r"line 1 gave it label 5"):
+        nmnist.read_labels(path)
+    # the same label twice is harmless (e.g. two lists joined) and kept once
+    path = write_labels(tmp_path, "1 5\n2 0\n1 5\n", "same.txt")
+    assert nmnist.read_labels(path) == {1: 5, 2: 0}
+
+
+@pytest.mark.parametrize("content, line", [
+    (b"1 5\n2 \xff\n", 2),
+    (b"\xe9 1 5\n", 1),
+    (b"1 5\n2 0\n3 1 # caf\xe9\n", 3),     # Latin-1 in a comment
+])
+def test_label_file_not_utf8(tmp_path, content, line):
+    path = write_labels(tmp_path, content)
+    with pytest.raises(ValueError, match=rf"labels\.txt, line {line}: not valid UTF-8"):
+        nmnist.read_labels(path)
+
+
+def test_label_file_with_byte_order_mark(tmp_path):
+    path = write_labels(tmp_path, "\ufeff1 5\n2 0\n".encode())
+    assert nmnist.read_labels(path) == {1: 5, 2: 0}
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "#sample #class\n# nothing yet\n"])
+def test_label_file_without_labels(tmp_path, content):
+    path = write_labels(tmp_path, content)
+    with pytest.raises(ValueError, match=r"labels\.txt holds no labels"):
+        nmnist.read_labels(path)
+
+
 # ----------------------------------------------------------------------------- user folders
 
 def test_user_folder_with_and_without_labels(tmp_path):
@@ -220,3 +302,16 @@ def test_to_dataset_encoding(dtype):
     assert np.all(np.abs(sub.lengths / np.array(n) - 0.5) < 0.05)
     with pytest.raises(ValueError, match="labels"):
         nmnist.to_dataset(recordings, [1, 2])
+
+
+def test_to_dataset_names_a_recording_that_loses_every_event():
+    recordings = [nmnist.read_events(SMALL / f"{i}.bs2") for i in (1, 2)]
+    recordings.append(recordings[0][:3])
+    with pytest.raises(ValueError, match=r"recording 2 .*lost all its 3 events.*rho = 0\.001"
+                                         r".*larger rho"):
+        nmnist.to_dataset(recordings, [5, 0, 5], rho=0.001, rng=0)
+    with pytest.raises(ValueError, match=r"recording 0 .*lost all its 4681 events.*rho = 1e-09"):
+        nmnist.to_dataset(recordings, [5, 0, 5], rho=1e-9, rng=0)
+    recordings[1] = recordings[1][:0]
+    with pytest.raises(ValueError, match=r"recording 1 .*holds no events"):
+        nmnist.to_dataset(recordings, [5, 0, 5])

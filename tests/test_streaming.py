@@ -1,5 +1,6 @@
-"""Streaming inference equals running the recorded sequence whole."""
+"""Streaming inference equals running the recording whole; a stream's clock never goes back."""
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import pytest
 import plstm_np as pl
 from plstm_np.streaming import Stream
 
-from conftest import make_network, randomize
+from conftest import assert_unchanged, make_network, randomize, snapshot
 
 #: Largest tolerated max |difference| / max |whole-sequence output|, in float64.
 STREAM_RTOL = 1e-12
@@ -145,3 +146,161 @@ def test_stream_bad_input():
         stream.push(np.zeros((2, 2)), np.zeros(2), np.array([0, 99]))
     with pytest.raises(TypeError, match="model must be"):
         Stream("net")
+
+
+# ---------------------------------------------------------------- time order, empty packets
+# The Stream always runs on the Numba CPU kernels (whatever a network's backend), so these
+# tests are parametrised over what it runs instead: a network (embedding and features, read-out
+# at every event; features only, read-out at the last event) and the bare layers.
+MODELS = ("network", "network_last", "phased_lstm", "lstm")
+
+
+def stream_model(kind, rng):
+    if kind == "network":
+        return make_network(rng, readout_at="every")
+    if kind == "network_last":
+        return make_network(rng, readout_at="last", embedding=False)
+    layer = pl.PhasedLSTM(2, 5, r_on=0.3, rng=0) if kind == "phased_lstm" else pl.LSTM(2, 5, rng=0)
+    return randomize(layer, rng)
+
+
+def push(stream, t, seed=0, lengths=None):
+    """Push events at times ``t`` with random features (and tokens) drawn from ``seed``."""
+    model = stream.network if stream.network is not None else stream.layers[0]
+    rng = np.random.default_rng(seed)
+    shape = np.shape(t)
+    n_features = model.n_features if stream.network is not None else model.input_size
+    x = rng.normal(size=shape + (n_features,)) if n_features else None
+    emb = getattr(model, "embedding", None)
+    tokens = None if emb is None else rng.integers(0, emb.num_embeddings, shape)
+    if tokens is not None and shape == ():
+        tokens = int(tokens)
+    return stream.push(x, t, tokens, lengths=lengths)
+
+
+def packet(batch, times):
+    """The same event times for every stream: (n,) for one stream, else (batch, n)."""
+    times = np.asarray(times, np.float64)
+    return times if batch == 1 else np.tile(times, (batch, 1))
+
+
+def stream_state(stream):
+    return snapshot((stream.states, stream.update_counts, stream.last_time, stream.events))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("kind", MODELS)
+def test_push_refuses_time_going_back(kind, batch):
+    net = stream_model(kind, np.random.default_rng(7))
+    stream, reference = Stream(net, batch=batch), Stream(net, batch=batch)
+    first = packet(batch, [1.0, 2.5, 4.0])
+    push(stream, first, seed=1)
+    push(reference, first, seed=1)
+    before = stream_state(stream)
+    bad = packet(batch, [3.5, 5.0])  # the last row starts before its last time, 4.0
+    if batch > 1:
+        bad[:-1] += 1.0
+    row, entry = batch - 1, "t[0]" if batch == 1 else f"t[{batch - 1}, 0]"
+    with pytest.raises(ValueError, match=re.escape(
+            f"t goes back in time in row {row}: {entry} = 3.5 is earlier than the stream's "
+            f"last time 4.0")):
+        push(stream, bad, seed=2)
+    assert_unchanged(before, stream_state(stream), "state after a refused push")
+    good = packet(batch, [4.0, 5.0])  # equal to the last time: allowed
+    np.testing.assert_array_equal(push(stream, good, seed=3), push(reference, good, seed=3))
+    assert_unchanged(stream_state(reference), stream_state(stream), "state after a valid push")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("kind", MODELS)
+def test_push_refuses_decreasing_times_within_packet(kind, batch):
+    net = stream_model(kind, np.random.default_rng(8))
+    stream, reference = Stream(net, batch=batch), Stream(net, batch=batch)
+    bad = packet(batch, [1.0, 2.0, 3.0, 4.0])
+    row = batch - 1
+    if batch == 1:
+        bad[2], entries = 1.5, ("t[2]", "t[1]")
+    else:
+        bad[row, 2], entries = 1.5, (f"t[{row}, 2]", f"t[{row}, 1]")
+    before = stream_state(stream)
+    with pytest.raises(ValueError, match=re.escape(
+            f"t must be non-decreasing within each stream's packet: in row {row}, "
+            f"{entries[0]} = 1.5 is earlier than {entries[1]} = 2.0")):
+        push(stream, bad, seed=1)
+    assert_unchanged(before, stream_state(stream), "state after a refused push")
+    assert np.isnan(stream.last_time).all()
+    good = packet(batch, [1.0, 2.0, 2.0, 4.0])  # equal times: allowed
+    np.testing.assert_array_equal(push(stream, good, seed=1), push(reference, good, seed=1))
+    assert_unchanged(stream_state(reference), stream_state(stream), "state after a valid push")
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_single_event_time_errors_name_the_entry(kind):
+    net = stream_model(kind, np.random.default_rng(9))
+    one = Stream(net)
+    push(one, 2.0)  # a scalar time
+    with pytest.raises(ValueError, match=re.escape("row 0: t = 1.0 is earlier than the "
+                                                   "stream's last time 2.0")):
+        push(one, 1.0)
+    push(one, 2.0)  # the same time again: allowed
+    many = Stream(net, batch=3)
+    push(many, np.array([1.0, 2.0, 3.0]))  # one event per stream
+    with pytest.raises(ValueError, match=re.escape("row 1: t[1] = 1.5 is earlier than the "
+                                                   "stream's last time 2.0")):
+        push(many, np.array([1.0, 1.5, 3.0]))
+    assert many.last_time.tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_equal_times_chunked_equal_whole(kind):
+    net = stream_model(kind, np.random.default_rng(10))
+    t = np.array([0.5, 1.0, 1.0, 1.0, 2.0, 2.0, 3.0])
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(7, 2))
+    tokens = rng.integers(0, 7, 7) if kind == "network" else None
+    whole = Stream(net).push(x, t, tokens)
+    chunked = Stream(net)
+    parts = [chunked.push(x[lo:hi], t[lo:hi], None if tokens is None else tokens[lo:hi])
+             for lo, hi in [(0, 3), (3, 5), (5, 7)]]  # a packet starts at the last time
+    assert rel(np.concatenate(parts), whole) <= STREAM_RTOL
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_reset_forgets_last_time(kind):
+    net = stream_model(kind, np.random.default_rng(12))
+    stream = Stream(net, batch=2)
+    push(stream, packet(2, [5.0, 6.0]), seed=1)
+    stream.reset()
+    assert np.isnan(stream.last_time).all()
+    early = packet(2, [0.0, 1.0])  # before the forgotten last time, 6.0
+    np.testing.assert_array_equal(push(stream, early, seed=2),
+                                  push(Stream(net, batch=2), early, seed=2))
+
+
+@pytest.mark.parametrize("kind", ["network", "phased_lstm", "lstm"])  # rows of 0 events
+def test_padding_and_waiting_streams_are_not_time_checked(kind):
+    net = stream_model(kind, np.random.default_rng(13))
+    stream = Stream(net, batch=3)
+    push(stream, packet(3, [1.0, 2.0, 3.0]), seed=1)
+    t = np.array([[3.0, 4.0, -9.0, np.nan],   # padding that goes back, or is NaN
+                  [0.0, 0.5, 1.0, 1.5],       # a stream with no event now: before its 3.0
+                  [3.0, 4.0, 5.0, 6.0]])
+    push(stream, t, seed=2, lengths=np.array([2, 0, 4]))
+    assert stream.last_time.tolist() == [4.0, 3.0, 6.0]
+    assert stream.events.tolist() == [5, 3, 7]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("kind", MODELS)
+def test_an_empty_packet_is_a_no_op(kind, batch):
+    net = stream_model(kind, np.random.default_rng(14))
+    stream = Stream(net, batch=batch)
+    empty = np.zeros((0,)) if batch == 1 else np.zeros((batch, 0))
+    for start in (1.0, 3.0):  # before any event, and after some
+        before = stream_state(stream)
+        out = push(stream, empty)
+        C = net.output_size if hasattr(net, "readout") else net.hidden_size
+        assert out.shape == empty.shape + (C,)
+        assert_unchanged(before, stream_state(stream), "state after an empty packet")
+        push(stream, packet(batch, [start, start + 1.0]))
+    assert (stream.events == 4).all()
