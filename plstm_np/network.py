@@ -37,6 +37,7 @@ from .validation import (
     check_positive_int,
     check_sequence_inputs,
     check_state,
+    check_times,
     check_timestamps,
     valid_steps,
 )
@@ -315,8 +316,7 @@ class Network:
             B, T = np.shape(tokens)[:2] if tokens is not None else np.shape(t)
             t = check_timestamps(t, B, T)
             lengths = check_lengths(lengths, B, T)
-            valid = valid_steps(lengths, T)
-            check_finite(t, "t", valid)
+            check_times(t, valid_steps(lengths, T))
         else:
             if x is None:
                 raise ValueError(f"x is required: the network takes {self.n_features} "
@@ -391,6 +391,14 @@ class Network:
                      updates=[c["updates"] for c in layer_caches], owner=self,
                      out_shape=out.shape)
         return out, states, cache
+
+    def check_params(self):
+        """Raise ValueError naming the first parameter of the network (any layer, the
+        read-out, the embedding) that is missing, of another shape or dtype, not finite or
+        outside its domain (see :meth:`plstm_np.PhasedLSTM.check_params`)."""
+        for i, layer in enumerate(self.layers):
+            layer.check_params(where=f"layer{i}: ")
+        self._check_outer_params()
 
     def _check_outer_params(self):
         """The read-out's and the embedding's parameters: their shapes, dtype and finite

@@ -97,7 +97,10 @@ class Stream:
 
     # ------------------------------------------------------------------ state
     def refresh(self):
-        """Take a fresh snapshot of the model's parameters (after training it further)."""
+        """Take a fresh snapshot of the model's parameters (after training it further); they
+        are checked first (:meth:`plstm_np.PhasedLSTM.check_params`: ValueError naming a
+        parameter that is missing, misshapen, not finite or outside its domain)."""
+        (self.network if self.network is not None else self.layers[0]).check_params()
         self._prepared = [
             self._kernels.prepare_params(layer.params, layer.gate_open, dense=False)
             for layer in self.layers]

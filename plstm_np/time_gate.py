@@ -129,21 +129,25 @@ def time_gate_with_grads(t, tau, s, r_on, leak=0.0) -> TimeGateGrads:
     r_on = np.asarray(r_on, dtype=np.float64)
     _check_domain(r_on, (r_on > 0) & (r_on <= 1), "r_on must lie in (0, 1]")
     phi = phase(t, tau, s)
-    rising = phi < 0.5 * r_on
-    falling = ~rising & (phi < r_on)
-    closed = ~(rising | falling)
-    k = np.where(rising, 2.0 * phi / r_on, np.where(falling, 2.0 - 2.0 * phi / r_on, leak * phi))
-    dk_dphi = np.where(rising, 2.0 / r_on, np.where(falling, -2.0 / r_on, leak))
-    dk_dr_on = np.where(rising, -2.0 * phi / r_on**2, np.where(falling, 2.0 * phi / r_on**2, 0.0))
-    dk_dr_on = np.where(closed, 0.0, dk_dr_on)
-    dphi_dt = 1.0 / tau
-    return TimeGateGrads(
-        k=k,
-        dk_dt=dk_dphi * dphi_dt,
-        dk_dtau=dk_dphi * (-(t - s) / tau**2),
-        dk_ds=-dk_dphi * dphi_dt,
-        dk_dr_on=dk_dr_on,
-    )
+    # np.where evaluates every piece: a tiny r_on overflows on the pieces not taken
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        rising = phi < 0.5 * r_on
+        falling = ~rising & (phi < r_on)
+        closed = ~(rising | falling)
+        k = np.where(rising, 2.0 * phi / r_on,
+                     np.where(falling, 2.0 - 2.0 * phi / r_on, leak * phi))
+        dk_dphi = np.where(rising, 2.0 / r_on, np.where(falling, -2.0 / r_on, leak))
+        dk_dr_on = np.where(rising, -2.0 * phi / r_on**2,
+                            np.where(falling, 2.0 * phi / r_on**2, 0.0))
+        dk_dr_on = np.where(closed, 0.0, dk_dr_on)
+        dphi_dt = 1.0 / tau
+        return TimeGateGrads(
+            k=k,
+            dk_dt=dk_dphi * dphi_dt,
+            dk_dtau=dk_dphi * (-(t - s) / tau**2),
+            dk_ds=-dk_dphi * dphi_dt,
+            dk_dr_on=dk_dr_on,
+        )
 
 
 def kink_distance(t, tau, s, r_on):

@@ -87,6 +87,24 @@ def check_array(a, name, *, ndim=None, shape=None, dtype=None, kind=None):
     return np.ascontiguousarray(a)
 
 
+#: The largest |t| accepted: beyond it ``dphi/dtau = -(t - s) / tau**2`` overflows float64
+#: for the smallest periods (tau_min = 1e-3) and BPTT would return inf or NaN.
+T_LIMIT = 1e300
+
+
+def check_times(t, where):
+    """Raise ValueError naming the first valid timestamp that is not finite or beyond
+    :data:`T_LIMIT` in magnitude."""
+    check_finite(t, "t", where)
+    big = np.abs(t) > T_LIMIT
+    if where is not None:
+        big &= where
+    if big.any():
+        idx = tuple(int(i) for i in np.argwhere(big)[0])
+        raise ValueError(f"t must lie within +-{T_LIMIT:g} (the gradient with respect to "
+                         f"tau overflows beyond), got {t[idx]} at index {idx}")
+
+
 def check_finite(a, name, where=None):
     """Raise ValueError naming the first non-finite entry of ``a`` (within ``where``)."""
     bad = ~np.isfinite(a)
@@ -120,7 +138,7 @@ def check_sequence_inputs(x, t, lengths, *, input_size, dtype):
     t = check_timestamps(t, B, T)
     lengths = check_lengths(lengths, B, T)
     valid = valid_steps(lengths, T)
-    check_finite(t, "t", valid)
+    check_times(t, valid)
     check_finite(x, "x", valid[:, :, None])
     return x, t, lengths
 

@@ -304,3 +304,18 @@ def test_an_empty_packet_is_a_no_op(kind, batch):
         assert_unchanged(before, stream_state(stream), "state after an empty packet")
         push(stream, packet(batch, [start, start + 1.0]))
     assert (stream.events == 4).all()
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_stream_refuses_invalid_parameters(kind):
+    net = stream_model(kind, np.random.default_rng(15))
+    layer = net.layers[0] if hasattr(net, "layers") else net
+    layer.params["Wh"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"params\['Wh'\] has a non-finite value"):
+        Stream(net)
+    layer.params["Wh"][0, 0] = 0.0
+    stream = Stream(net)
+    if not layer.gate_open:
+        layer.params["tau"][1] = -1.0
+        with pytest.raises(ValueError, match=r"tau must be finite and > 0, got tau\[1\]"):
+            stream.refresh()

@@ -1,0 +1,115 @@
+"""Property-based tests (Hypothesis) of the public entry points at their boundaries: random
+shapes, dtypes, strides and extreme values give either a correct result or a clear
+ValueError/TypeError naming the argument: never a NaN from finite input, never an error
+from inside NumPy or Numba."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import plstm_np as pl
+from plstm_np.time_gate import phase, time_gate
+
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])
+DTYPES = [np.float64, np.float32, np.float16, np.int64]
+#: Words one of which a clear message of a layer's or network's input check contains.
+ARGUMENTS = ("x", "t", "lengths", "state", "tokens", "dtype", "shape")
+
+
+def extreme_floats(finite=True):
+    """Floats from the whole float64 range: huge, tiny, subnormal, signed zeros."""
+    return st.floats(allow_nan=not finite, allow_infinity=not finite, width=64)
+
+
+@st.composite
+def arrays(draw, shape, finite, dtypes=DTYPES):
+    """An array of a random dtype, maybe a non-contiguous view of a bigger one."""
+    dtype = draw(st.sampled_from(dtypes))
+    if np.dtype(dtype).kind == "f":
+        elements = st.floats(allow_nan=not finite, allow_infinity=not finite,
+                             width=np.dtype(dtype).itemsize * 8)
+    else:
+        elements = st.integers(-10 ** 6, 10 ** 6)
+    if draw(st.booleans()) and shape and shape[-1] > 0:  # a strided view
+        wide = shape[:-1] + (2 * shape[-1],)
+        return draw(hnp.arrays(dtype, wide, elements=elements))[..., ::2]
+    return draw(hnp.arrays(dtype, shape, elements=elements))
+
+
+def assert_clear(err):
+    """A ValueError or TypeError of plstm_np's own checks, naming an argument."""
+    assert type(err) in (ValueError, TypeError), repr(err)
+    text = str(err)
+    assert any(word in text for word in ARGUMENTS), text
+    tb = err.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    assert "plstm_np" in tb.tb_frame.f_code.co_filename, (
+        f"raised inside {tb.tb_frame.f_code.co_filename}: {text}")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@SETTINGS
+@given(data=st.data(), B=st.integers(0, 3), T=st.integers(0, 4), D=st.integers(1, 3),
+       finite=st.booleans(), training=st.booleans(), dtype=st.sampled_from([np.float64,
+                                                                             np.float32]))
+def test_layer_forward_at_the_boundary(backend, data, B, T, D, finite, training, dtype):
+    layer = pl.PhasedLSTM(2, 3, backend=backend, rng=0, dtype=dtype, r_on=0.5)
+    x = data.draw(arrays((B, T, D), finite))
+    t = data.draw(arrays((B, T), finite, dtypes=[np.float64, np.float64, np.float32]))
+    lengths = data.draw(st.none() | hnp.arrays(np.int64, (B,), elements=st.integers(-1, T + 1)))
+    try:
+        h, (hT, cT), _ = layer.forward(x, t, lengths, training=training)
+    except (ValueError, TypeError) as err:
+        assert_clear(err)
+        return
+    # accepted: then x, t and lengths were valid, and the result is a state of the cell
+    assert x.dtype == dtype and x.shape[2] == 2 and t.dtype == np.float64
+    assert np.all(np.isfinite(h)) and np.all(np.abs(h) <= 1.0)
+    assert np.all(np.isfinite(hT)) and np.all(np.isfinite(cT))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@SETTINGS
+@given(data=st.data(), B=st.integers(1, 3), T=st.integers(1, 4))
+def test_extreme_finite_values_never_give_nan(backend, data, B, T):
+    """Finite inputs anywhere in the float64 range (t up to 1e308 included): finite outputs
+    and gradients, or a clear refusal."""
+    net = pl.Network([pl.PhasedLSTM(2, 3, backend=backend, rng=0, r_on=0.5)],
+                     readout=pl.Dense(3, 2, rng=1))
+    x = data.draw(hnp.arrays(np.float64, (B, T, 2), elements=extreme_floats()))
+    t = np.sort(data.draw(hnp.arrays(np.float64, (B, T), elements=extreme_floats())), axis=1)
+    y = data.draw(hnp.arrays(np.int64, (B,), elements=st.integers(0, 1)))
+    batch = pl.Dataset(x, t, y)
+    try:
+        loss, grads = net.loss_and_grads(batch)
+    except (ValueError, TypeError) as err:
+        assert_clear(err)
+        return
+    assert np.isfinite(loss)
+    for name, g in grads.items():
+        assert np.all(np.isfinite(g)), name
+
+
+@SETTINGS
+@given(t=extreme_floats(), tau=st.floats(1e-3, 1e6), s=st.floats(-1e6, 1e6),
+       r_on=st.floats(1e-3, 1.0))
+def test_the_gate_is_in_its_range_for_any_finite_time(t, tau, s, r_on):
+    phi = phase(t, tau, s)
+    k = time_gate(t, tau, s, r_on, leak=1e-3)
+    assert 0.0 <= phi < 1.0 and 0.0 <= k <= 1.0
+
+
+@SETTINGS
+@given(tau=extreme_floats(finite=False), r_on=extreme_floats(finite=False))
+def test_the_gate_refuses_a_timing_outside_its_domain(tau, r_on):
+    try:
+        k = time_gate(1.0, tau, 0.0, r_on)
+    except ValueError as err:
+        assert "tau" in str(err) or "r_on" in str(err)
+        assert not (np.isfinite(tau) and tau > 0 and 0 < r_on <= 1)
+        return
+    assert np.isfinite(tau) and tau > 0 and 0 < r_on <= 1 and 0 <= k <= 1
