@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 
 from . import experiments as ex
@@ -43,6 +45,30 @@ def _positive_float(text):
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
     return value
+
+
+def _positive_finite_float(text):
+    value = _positive_float(text)
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
+    return value
+
+
+def _finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value}")
+    return value
+
+
+def _folder(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a folder, got {text!r} (use . for the "
+                                         f"current folder)")
+    return text
 
 
 def _non_negative_float(text):
@@ -90,7 +116,7 @@ def _add_run_options(p, *, reproduce=False):
     p.add_argument("--n-val", type=_positive_int, dest="n_val", help="validation sequences")
     p.add_argument("--batch-size", type=_positive_int, dest="batch_size",
                    help="mini-batch size (32)")
-    p.add_argument("--lr", type=_positive_float, help="Adam learning rate")
+    p.add_argument("--lr", type=_positive_finite_float, help="Adam learning rate")
     p.add_argument("--hidden", type=_positive_int, dest="hidden_size", help="hidden units (110)")
     p.add_argument("--rho", type=_rate, help="N-MNIST: probability of keeping each event")
     p.add_argument("--max-batches", type=_positive_int, dest="max_batches",
@@ -107,9 +133,9 @@ def _add_run_options(p, *, reproduce=False):
     p.add_argument("--readout", choices=list(ex.READOUTS),
                    help="linear, or leaky_relu: the authors' read-out (Glorot init, leaky "
                    "ReLU 0.01, then softmax); default: the task's protocol")
-    p.add_argument("--input-gate-bias", type=float, dest="input_gate_bias",
+    p.add_argument("--input-gate-bias", type=_finite_float, dest="input_gate_bias",
                    help="initial input-gate bias (the authors' code: -0.1)")
-    p.add_argument("--time-scale", type=_positive_float, dest="time_scale",
+    p.add_argument("--time-scale", type=_positive_finite_float, dest="time_scale",
                    help="LSTM baseline: its timestamp input is t * SCALE (1: raw ms, as the "
                    "authors' code)")
     p.add_argument("--variant", choices=list(ex.VARIANTS),
@@ -142,7 +168,8 @@ def build_parser():
                    help="plstm (Phased LSTM) or lstm (the baseline, timestamp as an input)")
     p.add_argument("--sampling", choices=["standard", "high_res", "async"],
                    help="frequency tasks: 1 ms, 0.1 ms or asynchronous sampling (default async)")
-    p.add_argument("--tau-range", type=float, nargs=2, metavar=("LO", "HI"), dest="tau_exp_range",
+    p.add_argument("--tau-range", type=_finite_float, nargs=2, metavar=("LO", "HI"),
+                   dest="tau_exp_range",
                    help="Phased LSTM periods tau = exp(U(LO, HI)) ms")
     p.add_argument("--r-on", type=_rate, dest="r_on",
                    help="initial open ratio of the time gate (0.05)")
@@ -151,7 +178,7 @@ def build_parser():
                    "either way)")
     p.add_argument("--patience", type=_positive_int,
                    help="early stopping: epochs without a lower validation loss")
-    p.add_argument("--out", metavar="DIR",
+    p.add_argument("--out", type=_folder, metavar="DIR",
                    help="write DIR/checkpoint.npz, DIR/log.json and DIR/config.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_run_options(p)
@@ -183,7 +210,7 @@ def build_parser():
     p.add_argument("--conditions", help="comma-separated subset of the conditions")
     p.add_argument("--test-rhos", type=_rate, nargs="+", dest="test_rhos",
                    help="N-MNIST: event rates to test at")
-    p.add_argument("--out", default="results", metavar="DIR",
+    p.add_argument("--out", type=_folder, default="results", metavar="DIR",
                    help="results folder (default results/)")
     p.add_argument("--progress", action="store_true",
                    help="progress bars of the runs (with --jobs 1 and --quiet)")
@@ -226,16 +253,27 @@ def _train(args, out):
     cfg = ex.default_config(args.task, **{k: getattr(args, k) for k in keys})
     shown = {k: v for k, v in cfg.items() if v is not None}
     print("plstm-np train: " + " ".join(f"{k}={v}" for k, v in shown.items()), file=out)
-    run = ex.run_training(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite,
-                          log=lambda m: print(m, file=out))
+    try:
+        run = ex.run_training(cfg, args.out, progress=not args.quiet,
+                              overwrite=args.overwrite, log=lambda m: print(m, file=out))
+    except FloatingPointError as err:  # a NaN or infinite loss
+        raise ValueError(f"training diverged ({err}); try a lower --lr") from err
     final = dict(run["final"], n=run["n_val"])
     _print_metrics(final, out)
     print(f"trained {len(run['history'])} epochs on {run['n_train']} sequences in "
           f"{run['seconds']:.1f} s (backend {run['config']['backend']})", file=out)
-    if args.out:
-        best = min(run["history"], key=lambda r: r["val_loss"])["epoch"]
-        print(f"wrote {args.out}/checkpoint.npz (epoch {best}, the lowest validation loss), "
-              f"log.json, config.json", file=out)
+    if args.out:  # name only the files that are there
+        names = [n for n in ("checkpoint.npz", "log.json", "config.json")
+                 if os.path.isfile(os.path.join(args.out, n))]
+        if "checkpoint.npz" in names:
+            best = min((r for r in run["history"] if math.isfinite(r["val_loss"])),
+                       key=lambda r: r["val_loss"], default={"epoch": "?"})["epoch"]
+            names[0] += f" (epoch {best}, the lowest validation loss)"
+        else:
+            print("no checkpoint written: no epoch had a finite validation loss", file=out)
+        if names:
+            print(f"wrote {os.path.join(args.out, names[0])}"
+                  + "".join(f", {n}" for n in names[1:]), file=out)
     return 0
 
 
@@ -291,6 +329,6 @@ def main(argv=None):
     commands = {"train": _train, "evaluate": _evaluate, "reproduce": _reproduce}
     try:
         return commands[args.command](args, out)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # FileExistsError, IsADirectoryError...
         print(f"plstm-np {args.command}: error: {err}", file=sys.stderr)
         return 2

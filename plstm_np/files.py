@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 
-__all__ = ["atomic_write", "refuse_existing", "write_json_atomic"]
+__all__ = ["atomic_write", "refuse_existing", "write_json_atomic", "TEMP_PREFIX"]
 
-_UMASK = os.umask(0)  # read once (reading it means setting it) and restored at once
-os.umask(_UMASK)
+#: The name of a temporary file is ``TEMP_PREFIX + <16 hex digits> + <suffix of path> + '.tmp'``.
+TEMP_PREFIX = ".plstm_np-"
 
 
 def refuse_existing(path, overwrite):
@@ -28,11 +28,54 @@ def refuse_existing(path, overwrite):
 
     Raises
     ------
+    IsADirectoryError
+        ``path`` is a directory (whatever ``overwrite``: no file can replace it).
     FileExistsError
         ``"<path> exists; pass overwrite=True to replace it"``.
     """
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"path {os.fspath(path)} is a directory, not a file: name "
+                                f"the file to write in it")
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{os.fspath(path)} exists; pass overwrite=True to replace it")
+
+
+def _check_target(path):
+    """``path`` as a str, or a clear error if it cannot name a file to write."""
+    path = os.fspath(path)
+    if not isinstance(path, str):  # bytes paths: keep the messages simple
+        path = os.fsdecode(path)
+    if not path.strip():
+        raise ValueError(f"path must name a file, got {path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: its folder {folder} does not exist")
+    return path, folder
+
+
+def _create_temp(folder, suffix):
+    """Create a new temporary file in ``folder``, as :func:`open` would create a file (mode
+    ``0o666`` less the umask, which the system applies), and return ``(fd, path)``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {folder}")
+
+
+def _fsync_folder(folder):
+    """Make a rename in ``folder`` durable (best effort: POSIX only, errors ignored)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write(path, write, *, overwrite=True, mode="wb"):
@@ -50,31 +93,50 @@ def atomic_write(path, write, *, overwrite=True, mode="wb"):
     mode : {'wb', 'w'}
         Binary, or UTF-8 text.
 
+    Raises
+    ------
+    ValueError
+        ``path`` is empty, or ``mode`` is neither ``'wb'`` nor ``'w'``.
+    IsADirectoryError
+        ``path`` is a directory.
+    FileNotFoundError
+        The folder of ``path`` does not exist.
+    FileExistsError
+        ``path`` exists and ``overwrite`` is false.
+
     Notes
     -----
-    The temporary file, ``.plstm_np-<random><suffix of path>.tmp``, is created by
-    :func:`tempfile.mkstemp` in the target's folder and replaces ``path`` with
-    :func:`os.replace` (atomic on one file system). On any exception, ``KeyboardInterrupt``
-    included, it is removed and the exception re-raised, so ``path`` holds either its old
-    content or the complete new one. The file gets the permissions :func:`open` would give
-    a new file (``0o666`` less the umask; mkstemp's own are ``0o600``).
+    The content goes to a temporary file ``.plstm_np-<16 hex digits><suffix of path>.tmp``
+    (:data:`TEMP_PREFIX`) in the target's folder, is flushed and :func:`os.fsync`-ed, and
+    the file replaces ``path`` with :func:`os.replace` (atomic on one file system); the
+    folder is then fsync-ed too (best effort, POSIX), so that the rename survives a power
+    loss. On any exception, ``KeyboardInterrupt`` included, the temporary file is removed
+    and the exception re-raised, so ``path`` holds either its old content or the complete
+    new one. A process killed outright (SIGKILL, power loss) cannot clean up: its
+    temporary file may remain, under the name above; it never replaces ``path`` and may
+    be deleted.
+
+    A new file gets the permissions :func:`open` would give it (``0o666`` less the umask);
+    a replaced file keeps its own, as when :func:`open` rewrites it.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
-    path = os.fspath(path)
-    refuse_existing(path, overwrite)
-    folder = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1] + ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=".plstm_np-", suffix=suffix, dir=folder)
+    path, folder = _check_target(path)
+    refuse_existing(path, overwrite)  # a directory too
+    fd, tmp = _create_temp(folder, os.path.splitext(path)[1] + ".tmp")
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileNotFoundError):  # a replaced file keeps its mode
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_folder(folder)
 
 
 def write_json_atomic(path, obj):

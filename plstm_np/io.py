@@ -33,6 +33,8 @@ __all__ = ["save", "load", "load_checkpoint", "FORMAT", "FORMAT_VERSION"]
 FORMAT = CHECKPOINT_FORMAT
 FORMAT_VERSION = CHECKPOINT_VERSION
 _KINDS = {"PhasedLSTM": PhasedLSTM, "LSTM": LSTM, "Dense": Dense, "Embedding": Embedding}
+#: The entries every checkpoint's metadata holds, and their JSON types.
+_META_KEYS = {"network": (dict,), "optimizer": (dict, type(None)), "metadata": (object,)}
 
 
 def save(path, net, *, optimizer=None, metadata=None, overwrite=False):
@@ -66,7 +68,10 @@ def _read(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy array
+            raise ValueError(f"{path} holds a single array (.npy), not a .npz checkpoint")
+        with loaded as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
         raise ValueError(f"{path} is not a readable plstm_np checkpoint (truncated or "
@@ -77,12 +82,46 @@ def _read(path):
         meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: unreadable metadata: {err}") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: the metadata (__meta__) is a JSON {type(meta).__name__}, "
+                         f"not an object: not a plstm_np checkpoint")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
     if meta.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format version {meta.get('version')} is not supported "
                          f"(this plstm_np reads version {FORMAT_VERSION})")
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: the metadata (__meta__) lacks {missing}: damaged or not "
+                         f"written by plstm_np")
+    for key, types in _META_KEYS.items():
+        if not isinstance(meta[key], types):
+            raise ValueError(f"{path}: the metadata's {key!r} is a JSON "
+                             f"{type(meta[key]).__name__}, expected an object"
+                             + (" or null" if type(None) in types else ""))
     return path, meta, arrays
+
+
+def _check_loaded(path, net, arrays):
+    """Raise ValueError naming ``path`` and the first array that is not finite, or the
+    first layer parameter outside its domain (tau > 0, 0 < r_on <= 1)."""
+    for key, value in arrays.items():
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            idx = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
+            raise ValueError(f"{path}: {key} has a non-finite value {value[idx]} at index "
+                             f"{idx}")
+    for i, layer in enumerate(net.layers):
+        where = f"{path}: layer {i}: "
+        if hasattr(layer, "check_params"):  # the layer's own checks (domains, shapes)
+            layer.check_params(where=where)
+            continue
+        p = layer.params
+        if "tau" in p and not (p["tau"] > 0).all():
+            n = int(np.argmax(~(p["tau"] > 0)))
+            raise ValueError(f"{where}tau must be finite and > 0, got tau[{n}] = {p['tau'][n]}")
+        if "r_on" in p and not ((p["r_on"] > 0) & (p["r_on"] <= 1)).all():
+            n = int(np.argmax(~((p["r_on"] > 0) & (p["r_on"] <= 1))))
+            raise ValueError(f"{where}r_on must lie in (0, 1], got r_on[{n}] = {p['r_on'][n]}")
 
 
 def _build(cfg):
@@ -111,9 +150,13 @@ def load_checkpoint(path):
 
     Raises
     ------
+    FileNotFoundError
+        No file at ``path``.
     ValueError
-        If the file is truncated, corrupt, of another format, or its arrays do not match
-        the architecture it describes.
+        Naming the file and what is wrong: it is truncated, corrupt, a plain ``.npy``, of
+        another format, its metadata lacks an entry, its arrays do not match the
+        architecture it describes, hold a non-finite value, or a layer's tau is not > 0 or
+        its r_on not in (0, 1].
     """
     path, meta, arrays = _read(path)
     try:
@@ -138,14 +181,19 @@ def load_checkpoint(path):
                              f"the architecture needs {params[name].shape} {params[name].dtype}")
     for name, p in params.items():
         p[...] = arrays[f"param/{name}"]
+    _check_loaded(path, net, arrays)
     optimizer = None
     if meta["optimizer"] is not None:
         o = meta["optimizer"]
-        optimizer = Adam(net, frozen=o["frozen"],
-                         bounds={k: tuple(v) for k, v in o["bounds"].items()})
-        optimizer.load_state_dict(dict(
-            o, m={n: arrays[f"adam_m/{n}"] for n in params},
-            v={n: arrays[f"adam_v/{n}"] for n in params}))
+        try:
+            optimizer = Adam(net, frozen=o["frozen"],
+                             bounds={k: tuple(v) for k, v in o["bounds"].items()})
+            optimizer.load_state_dict(dict(
+                o, m={n: arrays[f"adam_m/{n}"] for n in params},
+                v={n: arrays[f"adam_v/{n}"] for n in params}))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{path}: the saved optimizer state cannot be restored: "
+                             f"{err!r}") from err
     return net, optimizer, meta["metadata"]
 
 

@@ -1,6 +1,8 @@
 """The plstm-np command end to end on tiny configurations: train -> checkpoint -> evaluate,
 reproduce --quick, and clear errors for bad arguments."""
 import json
+import math
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 import plstm_np as pl
+import plstm_np.experiments.runs as runs
 from plstm_np.cli import main
 from plstm_np.nmnist import DATA_DIR, load_nmnist, read_labels, to_dataset
 
@@ -166,12 +169,23 @@ def test_reproduce_quick_nmnist_table1(tmp_path, capsys):
     (["train", "--sampling", "weird"], "--sampling"),
     (["train", "--rho", "1.5"], "--rho"),
     (["train", "--lr", "-1"], "--lr"),
+    (["train", "--lr", "0"], "--lr"),
+    (["train", "--lr", "inf"], "--lr"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["reproduce", "frequency", "--lr", "inf"], "--lr"),
+    (["train", "--time-scale", "inf"], "--time-scale"),
+    (["train", "--input-gate-bias", "nan"], "--input-gate-bias"),
+    (["train", "--tau-range", "0", "nan"], "--tau-range"),
+    (["train", "--out", "", "--epochs", "1", "--max-batches", "1"], "--out"),
+    (["train", "--out", " ", "--epochs", "1", "--max-batches", "1"], "--out"),
+    (["reproduce", "frequency", "--quick", "--out", ""], "--out"),
     (["train", "--tau-range", "1"], "--tau-range"),
     (["reproduce", "nosuch"], "experiment must be one of"),
     (["evaluate"], "checkpoint"),
     (["frobnicate"], "invalid choice"),
 ])
-def test_bad_arguments_give_a_clear_argparse_error(argv, words, capsys):
+def test_bad_arguments_give_a_clear_argparse_error(argv, words, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # should an argument get through, no run lands in the repo
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
@@ -204,3 +218,89 @@ def test_reproduce_refuses_to_mix_runs_of_another_configuration(tmp_path, capsys
     saved = json.loads(
         (tmp_path / "digits" / "runs" / "plstm" / "seed0" / "config.json").read_text())
     assert saved["lr"] == 0.5
+
+
+FAST = TINY + ["--epochs", "1", "--max-batches", "1", "--backend", "numpy"]
+
+
+def _wrote(text, folder):
+    """The files the 'wrote' line names; each must exist."""
+    line = next(line for line in text.splitlines() if line.startswith("wrote "))
+    shown = re.sub(r" \([^)]*\)", "", line[len("wrote "):])  # drop "(epoch 1, ...)"
+    first, *rest = shown.split(", ")
+    names = [Path(first).name, *rest]
+    for name in names:
+        assert (folder / name).is_file(), f"{line!r} names {name}, which is not there"
+    return names
+
+
+def test_wrote_names_only_the_files_that_exist(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    code, text, _ = run(["train", "digits", "--out", str(out)] + FAST, capsys)
+    assert code == 0
+    assert _wrote(text, out) == ["checkpoint.npz", "log.json", "config.json"]
+
+    def no_finite_epoch(net, optimizer, train_data, val_data, *, log_path, **kwargs):
+        record = {"epoch": 1, "train_loss": 1.0, "val_loss": math.nan, "val_accuracy": 0.5,
+                  "val_updates_per_neuron": [1.0], "val_dense_updates_per_neuron": 2.0}
+        pl.files.write_json_atomic(log_path, [record])  # no improvement: no checkpoint
+        return [record]
+
+    monkeypatch.setattr(runs, "train", no_finite_epoch)
+    code, text, _ = run(["train", "digits", "--out", str(out), "--overwrite"] + FAST, capsys)
+    assert code == 0 and "no checkpoint written" in text
+    assert _wrote(text, out) == ["log.json", "config.json"]
+    assert not (out / "checkpoint.npz").exists()
+
+
+def test_divergence_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("loss is nan at epoch 1, batch 0")
+
+    monkeypatch.setattr(runs, "train", diverge)
+    code, text, err = run(["train", "freq", "--out", str(tmp_path / "run")] + FAST, capsys)
+    assert code == 2
+    assert err == ("plstm-np train: error: training diverged (loss is nan at epoch 1, "
+                   "batch 0); try a lower --lr\n")
+    assert "wrote" not in text
+
+
+OLD_RUN = {"checkpoint.npz": b"old checkpoint", "last.npz": b"old state", "log.json": b"[]",
+           "config.json": b'{"seed": 0}', "run.log": b"old line\n"}
+
+
+def _old_run(folder):
+    folder.mkdir()
+    for name, data in OLD_RUN.items():
+        (folder / name).write_bytes(data)
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_failed_overwrite_never_mixes_two_runs(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    _old_run(out)
+    argv = ["train", "freq", "--out", str(out), "--overwrite", "--seed", "3"] + FAST
+
+    def no_data(cfg):
+        raise ValueError("no data today")
+
+    with monkeypatch.context() as m:  # before training: the old run stays as it was
+        m.setattr(runs, "make_data", no_data)
+        code, _, err = run(argv, capsys)
+    assert code == 2 and "no data today" in err
+    assert _files(out) == OLD_RUN
+
+    def interrupted(*args, **kwargs):
+        raise FloatingPointError("loss is inf at epoch 1, batch 0")
+
+    with monkeypatch.context() as m:  # during training: only the new run's files
+        m.setattr(runs, "train", interrupted)
+        code, _, err = run(argv, capsys)
+    assert code == 2 and "diverged" in err
+    left = _files(out)
+    assert sorted(left) == ["config.json", "run.log"]
+    assert json.loads(left["config.json"])["seed"] == 3
+    assert b"old line" not in left["run.log"] and b"training plstm" in left["run.log"]

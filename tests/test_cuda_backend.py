@@ -249,6 +249,12 @@ def test_streamer_and_trainer_bad_input():
                             store_gates=False)
     with pytest.raises(ValueError, match="store_gates"):
         cb.backward_device(fwd, d(np.zeros((1, 2, 4))))
+    # parameters go to the device checked: the kernels would read any value
+    net.layers[0].params["tau"][0] = -1.0
+    with pytest.raises(ValueError, match=r"layer0: tau must be finite and > 0"):
+        CudaTrainer(net)
+    with pytest.raises(ValueError, match=r"layer0: tau must be finite and > 0"):
+        CudaStreamer(net, 3)
 
 
 def _run(code):

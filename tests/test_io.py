@@ -156,3 +156,73 @@ def test_an_interrupted_save_keeps_the_old_file(rng, tmp_path, monkeypatch):
         net.save(path, overwrite=True)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["net.npz"]  # the temporary file is gone
+
+
+def _rewrite(path, target, *, meta=None, **changes):
+    """Copy the checkpoint ``path`` to ``target`` with arrays replaced and ``meta`` edited."""
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    if meta is not None:
+        edited = meta(json.loads(arrays["__meta__"].tobytes()))
+        arrays["__meta__"] = np.frombuffer(json.dumps(edited).encode(), np.uint8)
+    arrays.update(changes)
+    np.savez(target, **arrays)
+    return target
+
+
+def test_files_that_are_not_checkpoints_are_named(rng, tmp_path):
+    net, opt, _ = trained(rng)
+    path = tmp_path / "net.npz"
+    net.save(path, optimizer=opt)
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"plain\.npy holds a single array \(\.npy\)"):
+        pl.load(tmp_path / "plain.npy")
+    for edit, words in [
+            (lambda m: [m], r"metadata \(__meta__\) is a JSON list"),
+            (lambda m: "text", r"metadata \(__meta__\) is a JSON str"),
+            (lambda m: {k: v for k, v in m.items() if k != "optimizer"},
+             r"lacks \['optimizer'\]"),
+            (lambda m: {k: v for k, v in m.items() if k != "metadata"}, r"lacks \['metadata'\]"),
+            (lambda m: {k: v for k, v in m.items() if k != "network"}, r"lacks \['network'\]"),
+            (lambda m: dict(m, optimizer=[1]), r"'optimizer' is a JSON list"),
+            (lambda m: dict(m, network="x"), r"'network' is a JSON str"),
+            (lambda m: dict(m, optimizer={k: v for k, v in m["optimizer"].items()
+                                          if k != "bounds"}), "optimizer state cannot be"),
+            (lambda m: dict(m, network=dict(m["network"], layers=[7])), "cannot be rebuilt")]:
+        bad = _rewrite(path, tmp_path / "bad.npz", meta=edit)
+        for loader in (pl.load, pl.load_checkpoint):
+            with pytest.raises(ValueError, match=words) as info:
+                loader(bad)
+            assert str(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("layer0.tau", -1.0, r"tau must be finite and > 0, got tau\[1\] = -1"),
+    ("layer0.tau", np.nan, r"non-finite value nan"),
+    ("layer0.tau", 0.0, r"tau must be finite and > 0"),
+    ("layer0.r_on", 1.5, r"r_on must lie in \(0, 1\], got r_on\[1\] = 1.5"),
+    ("layer0.r_on", 0.0, r"r_on must lie in \(0, 1\]"),
+    ("layer0.r_on", np.nan, r"non-finite value nan"),
+    ("layer0.Wh", np.inf, r"param/layer0.Wh has a non-finite value inf"),
+    ("readout.W", np.nan, r"param/readout.W has a non-finite value nan"),
+    ("adam_m/layer0.b", np.nan, r"adam_m/layer0.b has a non-finite value nan"),
+])
+@pytest.mark.parametrize("own_check", [True, False])
+def test_parameters_outside_their_domain_are_refused(rng, tmp_path, monkeypatch, name, value,
+                                                     words, own_check):
+    net, opt, _ = trained(rng)
+    path = tmp_path / "net.npz"
+    net.save(path, optimizer=opt)
+    if not own_check:  # io's fallback for layers without check_params
+        owner = next(c for c in pl.PhasedLSTM.__mro__ if "check_params" in vars(c))
+        monkeypatch.delattr(owner, "check_params")
+    key = name if "/" in name else f"param/{name}"
+    with np.load(path) as archive:
+        array = archive[key].copy()
+    array.flat[1] = value
+    bad = _rewrite(path, tmp_path / "bad.npz", **{key: array})
+    for loader in (pl.load, pl.load_checkpoint):
+        with pytest.raises(ValueError, match=words) as info:
+            loader(bad)
+        assert str(bad) in str(info.value)
+    pl.load(path)  # the original is fine

@@ -257,8 +257,14 @@ def run_training(cfg, out_dir=None, *, progress=True, overwrite=False, resume=Fa
     progress : bool
         tqdm progress bar and one line per epoch.
     overwrite : bool
-        Delete the files of an earlier run in ``out_dir`` and train afresh (otherwise an
-        earlier run there raises FileExistsError).
+        Replace the files of an earlier run in ``out_dir`` and train afresh (otherwise an
+        earlier run there raises FileExistsError). The folder never mixes the two runs: the
+        earlier run is left intact until the new one is ready to train (configuration
+        checked, backend resolved, data and model built), so a failure up to then changes
+        nothing; then all its files are deleted before the new ``config.json`` is written,
+        so a failure during training (a diverging loss, an interruption) leaves only the
+        new run's files. Keeping the earlier run until the new one completes would need a
+        second folder and a move of every file at the end; it is not done.
     resume : bool
         Continue the unfinished run in ``out_dir`` from its last complete epoch
         (``last.npz``): the history, parameters and checkpoints are bitwise those of an
@@ -287,11 +293,9 @@ def run_training(cfg, out_dir=None, *, progress=True, overwrite=False, resume=Fa
         out_dir = Path(out_dir)
         paths = {k: out_dir / f"{k}.{ext}" for k, ext in
                  (("checkpoint", "npz"), ("log", "json"), ("config", "json"), ("last", "npz"))}
-        if overwrite:
-            remove_run_files(out_dir)
-        elif resume:
+        if resume and not overwrite:
             status = inspect_run(out_dir, cfg)
-        else:
+        elif not overwrite:  # (with overwrite, the earlier run is deleted once ready, below)
             existing = [str(p) for p in paths.values() if p.exists()]
             if existing and paths["last"].exists():
                 state = read_state(paths["last"])["resume"]
@@ -305,7 +309,8 @@ def run_training(cfg, out_dir=None, *, progress=True, overwrite=False, resume=Fa
                                       f"there; choose another folder or pass overwrite "
                                       f"(--overwrite)")
         out_dir.mkdir(parents=True, exist_ok=True)
-        run_log = RunLog(out_dir / "run.log", echo=log)
+        if not overwrite:  # else in memory until the earlier run.log is deleted
+            run_log = RunLog(out_dir / "run.log", echo=log)
     if status is not None and status.kind == "complete" and not paths["last"].exists():
         raise FileExistsError(f"{out_dir} holds a complete run (log.json has every epoch) "
                               f"without its resume state; nothing to continue: pass "
@@ -326,15 +331,18 @@ def run_training(cfg, out_dir=None, *, progress=True, overwrite=False, resume=Fa
                 f"resuming after epoch {resumed_from} of {cfg['epochs']} from {paths['last']}")
         run_log(what + (f" ({'; '.join(notes)}: not bitwise an uninterrupted run)"
                         if notes else ""))
-    else:
-        run_log(f"training {cfg['model']} on {cfg['task']}, seed {cfg['seed']}: "
-                f"{cfg['epochs']} epochs x {cfg['n_train']} sequences, backend "
-                f"{cfg['backend']}" + (f", {threads} Numba threads" if threads else ""),
-                echo=False)
     start = time.perf_counter()
     train_data, val_data = make_data(cfg)
     net = build_model(cfg)
     optimizer = Adam(net, lr=cfg["lr"])
+    if paths and overwrite:  # ready: the earlier run goes, the new one's files follow
+        remove_run_files(out_dir)
+        run_log.path = out_dir / "run.log"  # the lines so far are written with the next
+    if not resumed_from:
+        run_log(f"training {cfg['model']} on {cfg['task']}, seed {cfg['seed']}: "
+                f"{cfg['epochs']} epochs x {cfg['n_train']} sequences, backend "
+                f"{cfg['backend']}" + (f", {threads} Numba threads" if threads else ""),
+                echo=False)
     if paths and not resumed_from:
         write_json_atomic(paths["config"], cfg)
 

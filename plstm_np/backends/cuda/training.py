@@ -157,6 +157,7 @@ class _DeviceStack:
     """The layers and read-out of a network as device arrays."""
 
     def __init__(self, net):
+        net.check_params()  # what goes to the device is valid: the kernels never check it
         cb = _backend()
         self.net = net
         self.layers = [cb.DeviceLayer(layer.params, layer.gate_open) for layer in net.layers]
