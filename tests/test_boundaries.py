@@ -138,6 +138,8 @@ def test_a_stream_at_the_boundary(data, batch, n):
             assert np.array_equal(before[1], stream.last_time, equal_nan=True)
             continue
         assert y.shape == (batch, n, 2) and np.all(np.isfinite(y))
+        if n:  # accepted: then no stream's clock went back
+            assert np.all(np.diff(t, axis=1) >= 0) and np.all(~(t[:, 0] < before[1]))
 
 
 @SETTINGS
