@@ -22,6 +22,7 @@ from .validation import (
     check_array,
     check_dtype,
     check_finite,
+    check_parameter,
     check_positive_int,
     check_sequence_inputs,
     check_state,
@@ -220,13 +221,7 @@ class PhasedLSTM:
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
             raise ValueError(f"{where}params must hold exactly {sorted(shapes)}, got {got}")
         for name, shape in shapes.items():
-            p = params[name]
-            if not isinstance(p, np.ndarray) or p.shape != shape or p.dtype != self.dtype:
-                got = (f"{p.shape} {p.dtype}" if isinstance(p, np.ndarray)
-                       else type(p).__name__)
-                raise ValueError(f"{where}params[{name!r}] must be an array of shape {shape} "
-                                 f"and dtype {self.dtype}, got {got}")
-            check_finite(p, f"{where}params[{name!r}]")
+            check_parameter(params[name], f"{where}params[{name!r}]", shape, self.dtype)
         if not self.gate_open:
             _check_timing(params["tau"], params["r_on"], where)
 

@@ -34,6 +34,7 @@ from .validation import (
     check_dtype,
     check_finite,
     check_lengths,
+    check_parameter,
     check_positive_int,
     check_sequence_inputs,
     check_state,
@@ -411,13 +412,8 @@ class Network:
                           {"E": (self.embedding.num_embeddings, self.embedding.dim)}))
         for prefix, module, shapes in parts:
             for name, shape in shapes.items():
-                p = module.params.get(name)
-                if not isinstance(p, np.ndarray) or p.shape != shape or p.dtype != self.dtype:
-                    got = (f"{p.shape} {p.dtype}" if isinstance(p, np.ndarray)
-                           else type(p).__name__)
-                    raise ValueError(f"params[{prefix + '.' + name!r}] must be an array of "
-                                     f"shape {shape} and dtype {self.dtype}, got {got}")
-                check_finite(p, f"params[{prefix + '.' + name!r}]")
+                check_parameter(module.params.get(name), f"params[{prefix + '.' + name!r}]",
+                                shape, self.dtype)
 
     def backward(self, dout, cache, dstates=None):
         """Gradients of every parameter, of ``x`` and of the initial states.

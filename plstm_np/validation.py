@@ -105,6 +105,16 @@ def check_times(t, where):
                          f"tau overflows beyond), got {t[idx]} at index {idx}")
 
 
+def check_parameter(p, name, shape, dtype):
+    """Raise ValueError unless the parameter ``p`` is an array of ``shape`` and ``dtype``
+    holding finite values only (``name`` is how the message shows it)."""
+    if not isinstance(p, np.ndarray) or p.shape != shape or p.dtype != dtype:
+        got = f"{p.shape} {p.dtype}" if isinstance(p, np.ndarray) else type(p).__name__
+        raise ValueError(f"{name} must be an array of shape {shape} and dtype "
+                         f"{np.dtype(dtype)}, got {got}")
+    check_finite(p, name)
+
+
 def check_finite(a, name, where=None):
     """Raise ValueError naming the first non-finite entry of ``a`` (within ``where``)."""
     bad = ~np.isfinite(a)

@@ -106,7 +106,7 @@ def test_the_gate_is_in_its_range_for_any_finite_time(t, tau, s, r_on):
 
 
 @SETTINGS
-@given(tau=extreme_floats(finite=False), r_on=extreme_floats(finite=False))
+@given(tau=st.floats(allow_subnormal=False), r_on=st.floats(allow_subnormal=False))
 def test_the_gate_refuses_a_timing_outside_its_domain(tau, r_on):
     try:
         k = time_gate(1.0, tau, 0.0, r_on)

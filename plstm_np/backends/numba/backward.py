@@ -34,11 +34,9 @@ from .cell_math import (
     dot,
     gate_constants,
     openness,
-    phase_fast_inline,
-    phase_inline,
 )
 from .compile import device, kernel
-from .forward import blocked_dot, chunk_bounds, open_neurons
+from .forward import blocked_dot, chunk_bounds, open_neurons, phase_row
 
 __all__ = ["backward_kernel", "backward_sparse_kernel", "SPARSE_BACKWARD"]
 
@@ -50,12 +48,7 @@ def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, two_r2, leak, phis, k, gta
     dk/dtau, dk/ds, dk/dr_on. One output per loop (see
     :func:`~plstm_np.backends.numba.forward._cells_row`)."""
     H = k.shape[0]
-    if abs(tj) < t_fast:
-        for n in range(H):
-            phis[n] = phase_fast_inline(tj, tau[n], inv_tau[n], s_mod[n])
-    else:
-        for n in range(H):
-            phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
+    phase_row(tj, tau, inv_tau, s, phis, t_fast, s_mod)
     for n in range(H):
         k[n] = openness(phis[n], r_on[n], two_r[n], leak)
     for n in range(H):  # each loop keeps one of the two derivatives (inlined)

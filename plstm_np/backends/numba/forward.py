@@ -70,12 +70,7 @@ def open_neurons(tj, gate_rows, tau, inv_tau, s, r_on, two_r, gate_open, k_out, 
             open_idx[n] = n
         return H
     if m_prev * MANY_OPEN > H:
-        if abs(tj) < t_fast:
-            for n in range(H):  # a loop LLVM vectorises (no branches)
-                phis[n] = phase_fast_inline(tj, tau[n], inv_tau[n], s_mod[n])
-        else:  # a huge timestamp (or a NaN): libm's fmod where needed
-            for n in range(H):
-                phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
+        phase_row(tj, tau, inv_tau, s, phis, t_fast, s_mod)
         for n in range(H):
             phi = phis[n]
             if phi < r_on[n]:
@@ -369,17 +364,28 @@ def chunk_bounds(chunk, nchunks, B):
 chunk_bounds = device(chunk_bounds)
 
 
+def phase_row(tj, tau, inv_tau, s, phis, t_fast, s_mod):
+    """Every neuron's exact phase at ``tj`` into ``phis``: the vectorised row path when
+    ``|tj| < t_fast`` (see :func:`~plstm_np.backends.numba.cell_math.gate_constants`), else
+    the phase with libm's ``fmod`` where a quotient is huge."""
+    H = phis.shape[0]
+    if abs(tj) < t_fast:
+        for n in range(H):  # a loop LLVM vectorises (no branches)
+            phis[n] = phase_fast_inline(tj, tau[n], inv_tau[n], s_mod[n])
+    else:
+        for n in range(H):
+            phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
+
+
+phase_row = device(phase_row)
+
+
 def _gate_row(tj, tau, inv_tau, s, r_on, two_r, leak, phis, k, t_fast, s_mod):
     """The time gate of every neuron at ``tj`` (training: every neuron updates): the phases
     into ``phis`` (float64), the openness into ``k`` (model dtype). One output per loop,
     as in the cell loops below."""
     H = k.shape[0]
-    if abs(tj) < t_fast:
-        for n in range(H):
-            phis[n] = phase_fast_inline(tj, tau[n], inv_tau[n], s_mod[n])
-    else:
-        for n in range(H):
-            phis[n] = phase_inline(tj, tau[n], inv_tau[n], s[n])
+    phase_row(tj, tau, inv_tau, s, phis, t_fast, s_mod)
     for n in range(H):
         k[n] = openness(phis[n], r_on[n], two_r[n], leak)
 
