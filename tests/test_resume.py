@@ -144,7 +144,8 @@ def _net():
     return pl.Network([pl.PhasedLSTM(1, 5, rng=1, backend="numba")], pl.Dense(5, 2, rng=2))
 
 
-@pytest.mark.xfail(strict=False, reason="failed once in a fresh-clone CI run (Wx not bitwise equal after resume, cause not yet found); passes locally: under investigation, issue 13")
+@pytest.mark.xfail(strict=False, reason="failed once in a fresh-clone CI run: Wx not "
+                   "bitwise equal after resume; cause not yet found (issue 13)")
 def test_train_resumes_early_stopping_bookkeeping(tmp_path):
     """patience=1 with an unreachable min_delta: the uninterrupted run stops after epoch 2.
     A resumed run that lost ``best``/``stale`` would count epoch 2 as an improvement and
