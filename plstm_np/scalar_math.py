@@ -53,7 +53,7 @@ def phase(t, tau, s):
 
 def gate_piece(phi, r_on):
     """Which piece of the time gate ``phi`` lies on: 0 rising, 1 falling, 2 closed."""
-    if phi < 0.5 * r_on:
+    if 2.0 * phi < r_on:  # exact, where 0.5 * r_on may round
         return 0
     if phi < r_on:
         return 1
@@ -81,12 +81,13 @@ def gate_dk_dphi(phi, r_on, leak):
 
 
 def gate_dk_dr_on(phi, r_on):
-    """``dk/dr_on`` on the piece ``phi`` lies on."""
+    """``dk/dr_on`` on the piece ``phi`` lies on (as ``(2 phi / r_on) / r_on``: r_on**2
+    underflows for r_on < 1e-154)."""
     piece = gate_piece(phi, r_on)
     if piece == 0:
-        return -2.0 * phi / (r_on * r_on)
+        return -(2.0 * phi / r_on) / r_on
     if piece == 1:
-        return 2.0 * phi / (r_on * r_on)
+        return (2.0 * phi / r_on) / r_on
     return 0.0
 
 

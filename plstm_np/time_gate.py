@@ -29,19 +29,26 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .validation import TINY
+
 __all__ = ["phase", "time_gate", "time_gate_with_grads", "TimeGateGrads", "kink_distance"]
 
 
 def _check_domain(a, ok, what):
-    """Raise ValueError showing the first entry of ``a`` where ``ok`` is False."""
+    """Raise ValueError showing the first entry of ``a`` where ``ok`` is False (subnormal
+    values, below :data:`~plstm_np.validation.TINY`, are refused as 0 would be)."""
     if not np.all(ok):
-        raise ValueError(f"{what}, got {np.ravel(a)[~np.ravel(ok)][0].item()!r}")
+        value = np.ravel(a)[~np.ravel(ok)][0].item()
+        note = (f" (a subnormal float, below {TINY:.4g}: its reciprocal overflows)"
+                if 0 < value < TINY else "")
+        raise ValueError(f"{what}, got {value!r}{note}")
 
 
 def _check_tau(tau):
     """``tau`` as float64, if every entry is finite and > 0 (else ValueError)."""
     tau = np.asarray(tau, dtype=np.float64)
-    _check_domain(tau, np.isfinite(tau) & (tau > 0), "tau must be finite and > 0")
+    _check_domain(tau, np.isfinite(tau) & (tau >= TINY),
+                  "tau must be finite and > 0")
     return tau
 
 
@@ -127,18 +134,20 @@ def time_gate_with_grads(t, tau, s, r_on, leak=0.0) -> TimeGateGrads:
     tau = np.asarray(tau, dtype=np.float64)
     s = np.asarray(s, dtype=np.float64)
     r_on = np.asarray(r_on, dtype=np.float64)
-    _check_domain(r_on, (r_on > 0) & (r_on <= 1), "r_on must lie in (0, 1]")
+    _check_domain(r_on, (r_on >= TINY) & (r_on <= 1),
+                  "r_on must lie in (0, 1]")
     phi = phase(t, tau, s)
     # np.where evaluates every piece: a tiny r_on overflows on the pieces not taken
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        rising = phi < 0.5 * r_on
+        rising = 2.0 * phi < r_on  # exact, where 0.5 * r_on may round
         falling = ~rising & (phi < r_on)
         closed = ~(rising | falling)
         k = np.where(rising, 2.0 * phi / r_on,
                      np.where(falling, 2.0 - 2.0 * phi / r_on, leak * phi))
         dk_dphi = np.where(rising, 2.0 / r_on, np.where(falling, -2.0 / r_on, leak))
-        dk_dr_on = np.where(rising, -2.0 * phi / r_on**2,
-                            np.where(falling, 2.0 * phi / r_on**2, 0.0))
+        # (2 phi / r_on) / r_on: r_on**2 underflows for r_on < 1e-154
+        dk_dr_on = np.where(rising, -(2.0 * phi / r_on) / r_on,
+                            np.where(falling, (2.0 * phi / r_on) / r_on, 0.0))
         dk_dr_on = np.where(closed, 0.0, dk_dr_on)
         dphi_dt = 1.0 / tau
         return TimeGateGrads(

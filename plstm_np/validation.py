@@ -87,6 +87,10 @@ def check_array(a, name, *, ndim=None, shape=None, dtype=None, kind=None):
     return np.ascontiguousarray(a)
 
 
+#: The smallest tau and r_on accepted: the smallest normal float64 (2.2e-308). Below it, in
+#: the subnormals, 1 / tau and 2 / r_on overflow and the gate's pieces turn to inf or NaN.
+TINY = float(np.finfo(np.float64).tiny)
+
 #: The largest |t| accepted: beyond it ``dphi/dtau = -(t - s) / tau**2`` overflows float64
 #: for the smallest periods (tau_min = 1e-3) and BPTT would return inf or NaN.
 T_LIMIT = 1e300

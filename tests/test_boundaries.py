@@ -6,12 +6,13 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import plstm_np as pl
 from plstm_np.time_gate import phase, time_gate
+from plstm_np.validation import TINY
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
@@ -106,15 +107,57 @@ def test_the_gate_is_in_its_range_for_any_finite_time(t, tau, s, r_on):
 
 
 @SETTINGS
-@given(tau=st.floats(allow_subnormal=False), r_on=st.floats(allow_subnormal=False))
+@given(tau=extreme_floats(finite=False), r_on=extreme_floats(finite=False))
 def test_the_gate_refuses_a_timing_outside_its_domain(tau, r_on):
+    """Subnormal tau and r_on count as 0: their reciprocals overflow (k was 2 at r_on =
+    5e-324)."""
     try:
         k = time_gate(1.0, tau, 0.0, r_on)
     except ValueError as err:
         assert "tau" in str(err) or "r_on" in str(err)
-        assert not (np.isfinite(tau) and tau > 0 and 0 < r_on <= 1)
+        assert not (np.isfinite(tau) and tau >= TINY and TINY <= r_on <= 1)
         return
-    assert np.isfinite(tau) and tau > 0 and 0 < r_on <= 1 and 0 <= k <= 1
+    assert np.isfinite(tau) and tau >= TINY and TINY <= r_on <= 1 and 0 <= k <= 1
+
+
+@pytest.mark.parametrize("name, value", [("tau", 5e-324), ("tau", TINY / 2),
+                                         ("r_on", 5e-324), ("r_on", TINY / 2)])
+def test_subnormal_timing_is_refused(name, value):
+    timing = {"tau": 3.0, "r_on": 0.5, name: value}
+    with pytest.raises(ValueError, match=f"{name} .*got {value!r} .*subnormal"):
+        time_gate(1.0, timing["tau"], 0.0, timing["r_on"])
+    layer = pl.PhasedLSTM(1, 2, rng=0)
+    layer.params[name][1] = value
+    with pytest.raises(ValueError, match=rf"{name}\[1\] = {value!r} .*subnormal"):
+        layer.forward(np.ones((1, 2, 1)), np.zeros((1, 2)))
+    assert 0 <= time_gate(0.0, 3.0, 0.0, TINY) <= 1  # the smallest normal float is valid
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@SETTINGS
+@given(r_on=hnp.arrays(np.float64, 3, elements=st.floats(1e-300, 1.0)),
+       tau=hnp.arrays(np.float64, 3, elements=st.floats(1.0, 10.0)),
+       t=hnp.arrays(np.float64, 6, elements=st.floats(0.0, 100.0)))
+@example(r_on=np.array([1e-300, 1e-160, 0.5]), tau=np.array([1.0, 2.0, 3.0]),
+         t=np.array([0.0, 1.0, 2.0, 2.5, 3.0, 4.0]))  # open at t = 0, 1, 2, 3, 4
+def test_a_tiny_open_ratio_gives_finite_gradients(backend, r_on, tau, t):
+    """r_on down to 1e-300 set by hand (s = 0, so that t = 0 lies on a kink): states in
+    [-1, 1], finite gradients equal to the reference's (2 / r_on**2 overflowed there)."""
+    def run(name):
+        layer = pl.PhasedLSTM(1, 3, backend=name, rng=0, dtype=np.float64, learn_r_on=True)
+        layer.params.update(r_on=r_on.copy(), tau=tau.copy(), s=np.zeros(3))
+        x, times = np.ones((1, 6, 1)), np.sort(t)[None]
+        h, _, cache = layer.forward(x, times, training=True)
+        return h, layer.backward(np.ones_like(h), cache)
+
+    h, grads = run(backend)
+    assert np.all(np.abs(h) <= 1.0)
+    assert all(np.all(np.isfinite(g)) for g in grads.values())
+    h_ref, grads_ref = run("numpy")
+    np.testing.assert_allclose(h, h_ref, rtol=1e-12, atol=1e-14)
+    for name in grads_ref:
+        np.testing.assert_allclose(grads[name], grads_ref[name], rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
 
 
 @SETTINGS

@@ -98,3 +98,15 @@ def test_scalar_helpers_equal_vectorised(rng):
         assert scalar_math.gate_dk_dr_on(phi, r_on[idx]) == pytest.approx(g.dk_dr_on[idx],
                                                                           rel=1e-14, abs=1e-15)
     assert scalar_math.sigmoid(-800.0) == 0.0 and scalar_math.sigmoid(800.0) == 1.0
+
+
+@pytest.mark.parametrize("r_on", [1e-300, 1e-160, 3e-308])
+def test_the_gate_derivatives_stay_finite_at_a_tiny_open_ratio(r_on):
+    """r_on**2 underflows below 1e-154: dk/dr_on = -2 phi / r_on**2 was inf (0 / 0 = NaN at
+    phi = 0); (2 phi / r_on) / r_on stays finite, in the reference and the scalar helpers."""
+    phi = np.array([0.0, 0.25 * r_on, 0.75 * r_on, 0.5])
+    g = time_gate_with_grads(phi * 2.0, 2.0, 0.0, r_on)  # tau = 2: phase phi
+    assert np.all(np.isfinite(g.dk_dr_on)) and np.all(np.isfinite(g.k))
+    np.testing.assert_allclose(g.dk_dr_on, [0.0, -0.5 / r_on, 1.5 / r_on, 0.0], rtol=1e-14)
+    for i, p in enumerate(phi):
+        assert scalar_math.gate_dk_dr_on(p, r_on) == pytest.approx(g.dk_dr_on[i], rel=1e-14)

@@ -41,7 +41,7 @@ from .forward import blocked_dot, chunk_bounds, open_neurons, phase_row
 __all__ = ["backward_kernel", "backward_sparse_kernel", "SPARSE_BACKWARD"]
 
 
-def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, two_r2, leak, phis, k, gtau, gs, gr,
+def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, leak, phis, k, gtau, gs, gr,
                     t_fast, s_mod):
     """The time gate of every neuron at ``tj`` and its derivatives, for the dense backward
     (every neuron updated): ``k`` (model dtype) and, float64, ``gtau``, ``gs``, ``gr`` =
@@ -58,7 +58,7 @@ def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, two_r2, leak, phis, k, gta
         gs[n] = dk_dtau_ds(dk_dphi(phis[n], r_on[n], two_r[n], leak), tj, s[n],
                             inv_tau[n])[1]
     for n in range(H):
-        gr[n] = dk_dr_on(phis[n], r_on[n], two_r2[n])
+        gr[n] = dk_dr_on(phis[n], r_on[n], two_r[n])
 
 
 _gate_grads_row = device(_gate_grads_row)
@@ -198,7 +198,7 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
     H4 = 4 * H
     D = dx.shape[2]
     one = h0.dtype.type(1.0)
-    inv_tau, two_r, two_r2, t_fast, s_mod = gate_constants(tau, r_on, s)
+    inv_tau, two_r, t_fast, s_mod = gate_constants(tau, r_on, s)
     for chunk in prange(nchunks):
         b0, b1 = chunk_bounds(chunk, nchunks, B)
         nb = b1 - b0
@@ -246,7 +246,7 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
                 if gate_open:
                     kbuf[:] = one
                 else:
-                    _gate_grads_row(t[b, j], tau, inv_tau, s, r_on, two_r, two_r2, leak, phis,
+                    _gate_grads_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis,
                                     kbuf, gtau, gs, gr, t_fast, s_mod)
                 _cell_grads_row(dh[r], dc[r], hp, cp, i_c[b, j], f_c[b, j], g_c[b, j],
                                 o_c[b, j], tanh_ct_c[b, j], kbuf, w_ci, w_cf, w_co, dzr,
@@ -336,7 +336,7 @@ def _backward_sparse(grads_out, seq, weights, peep, timing, state, h_seq, stored
     B, T, H = h_seq.shape
     D = dx.shape[2]
     one = h0.dtype.type(1.0)
-    inv_tau, two_r, two_r2, t_fast, s_mod = gate_constants(tau, r_on, s)
+    inv_tau, two_r, t_fast, s_mod = gate_constants(tau, r_on, s)
     for chunk in prange(nchunks):
         b0, b1 = chunk_bounds(chunk, nchunks, B)
         dWh = dWhT[chunk]
@@ -387,7 +387,7 @@ def _backward_sparse(grads_out, seq, weights, peep, timing, state, h_seq, stored
                                                 s[n], inv_tau[n])
                     dtau[b, n] += dk * dk_dtau
                     ds[b, n] += dk * dk_ds
-                    dr_on[b, n] += dk * dk_dr_on(phi, r_on[n], two_r2[n])
+                    dr_on[b, n] += dk * dk_dr_on(phi, r_on[n], two_r[n])
                     dw[0, n] += dz_i * cpn
                     dw[1, n] += dz_f * cpn
                     dw[2, n] += dz_o * ct

@@ -121,10 +121,11 @@ def dk_dphi(phi, r_on, two_r, leak):
     return d if piece != 2 else leak
 
 
-def dk_dr_on(phi, r_on, two_r2):
-    """``dk/dr_on`` on the piece ``phi`` lies on (``two_r2`` = 2 / r_on**2)."""
+def dk_dr_on(phi, r_on, two_r):
+    """``dk/dr_on`` on the piece ``phi`` lies on: ``(phi * two_r) / r_on``, not ``phi * 2 /
+    r_on**2``, which overflows for r_on < 1e-154."""
     piece = gate_piece(phi, r_on)
-    x = phi * two_r2
+    x = (phi * two_r) / r_on
     d = -x if piece == 0 else x
     return d if piece != 2 else 0.0
 
@@ -145,8 +146,8 @@ dk_dtau_ds = device(dk_dtau_ds)
 
 
 def gate_constants(tau, r_on, s):
-    """Per-neuron constants of the gate loops: the reciprocals 1 / tau, 2 / r_on and
-    2 / r_on**2 they multiply by; ``t_fast``, the bound below which ``|t|`` lets a row of
+    """Per-neuron constants of the gate loops: the reciprocals 1 / tau and 2 / r_on they
+    multiply by; ``t_fast``, the bound below which ``|t|`` lets a row of
     phases take :func:`phase_fast` (0 if some ``|s / tau|`` is too large, or NaN, for it);
     and ``s_mod = fmod(s, tau)`` (exact), what :func:`phase_fast` takes."""
     two_r = 2.0 / r_on
@@ -159,7 +160,7 @@ def gate_constants(tau, r_on, s):
         s_fast = s_fast and abs(s[n] * inv_tau[n]) < FAST_QUOTIENT
         s_mod[n] = np.fmod(s[n], tau[n])
     t_fast = FAST_QUOTIENT / most if s_fast and most > 0.0 else 0.0
-    return inv_tau, two_r, two_r / r_on, t_fast, s_mod
+    return inv_tau, two_r, t_fast, s_mod
 
 
 gate_constants = device(gate_constants)

@@ -272,7 +272,7 @@ def _forward_sparse(seq, tokens_in, weights, peep, timing, gate_open, state, h_s
     read_out = y_seq.shape[0] > 0
     write_h = h_seq.shape[0] > 0
     C = rW.shape[1]
-    inv_tau, two_r, _, t_fast, s_mod = gate_constants(tau, r_on, s)
+    inv_tau, two_r, t_fast, s_mod = gate_constants(tau, r_on, s)
     for b in prange(B):
         hp = np.zeros(WhTp.shape[1], h0.dtype)  # h, zero-padded for the dot products
         h = hp[:H]
@@ -466,7 +466,7 @@ def _forward_dense(seq, weights, peep, timing, leak, gate_open, state, nchunks, 
     H = h0.shape[1]
     H4 = 4 * H
     one = h0.dtype.type(1.0)
-    inv_tau, two_r, _, t_fast, s_mod = gate_constants(tau, r_on, s)
+    inv_tau, two_r, t_fast, s_mod = gate_constants(tau, r_on, s)
     for chunk in prange(nchunks):
         b0, b1 = chunk_bounds(chunk, nchunks, B)
         nb = b1 - b0
