@@ -18,6 +18,7 @@ import numpy as np
 from .backends import check_backend, get_backend
 from .optim import R_ON_MIN, TAU_MIN
 from .validation import (
+    TINY,
     as_rng,
     check_array,
     check_dtype,
@@ -60,15 +61,23 @@ def _check_grad_clip(value):
 
 def _check_timing(tau, r_on, where=""):
     """Raise ValueError naming the first neuron whose tau is not finite and > 0, or whose
-    r_on is not in (0, 1] (NaN included)."""
-    bad = ~(np.isfinite(tau) & (tau > 0))
+    r_on is not in (0, 1] (NaN included); subnormal values count as 0 (see ``TINY``)."""
+    bad = ~(np.isfinite(tau) & (tau >= TINY))
     if bad.any():
         n = int(np.argmax(bad))
-        raise ValueError(f"{where}tau must be finite and > 0, got tau[{n}] = {tau[n]}")
-    bad = ~((r_on > 0) & (r_on <= 1))
+        raise ValueError(f"{where}tau must be finite and > 0, got tau[{n}] = {tau[n]}"
+                         + _subnormal_note(tau[n]))
+    bad = ~((r_on >= TINY) & (r_on <= 1))
     if bad.any():
         n = int(np.argmax(bad))
-        raise ValueError(f"{where}r_on must lie in (0, 1], got r_on[{n}] = {r_on[n]}")
+        raise ValueError(f"{where}r_on must lie in (0, 1], got r_on[{n}] = {r_on[n]}"
+                         + _subnormal_note(r_on[n]))
+
+
+def _subnormal_note(value):
+    """What a refusal of a tiny positive ``value`` adds to its message."""
+    return (f" (a subnormal float, below {TINY:.4g}: its reciprocal overflows)"
+            if 0 < value < TINY else "")
 
 
 def _check_tau_exp_range(value):
@@ -148,6 +157,10 @@ class PhasedLSTM:
     """
 
     gate_open = False
+    #: The carried state, in the order ``forward_validated`` takes and returns it.
+    state_names = ("h", "c")
+    #: :meth:`plstm_np.Network.stream` may run the layer packet by packet.
+    streamable = True
 
     def __init__(self, input_size, hidden_size, *, tau_exp_range=(0.0, 3.0), tau=None, s=None,
                  r_on=0.05, leak=1e-3, learn_tau=True, learn_s=True, learn_r_on=False,
@@ -197,6 +210,16 @@ class PhasedLSTM:
             "w_cf": rng.normal(0.0, std, H).astype(dt),
             "w_co": rng.normal(0.0, std, H).astype(dt),
         }
+
+    @property
+    def output_size(self):
+        """Width of the hidden sequence the layer emits: ``hidden_size``."""
+        return self.hidden_size
+
+    @property
+    def state_sizes(self):
+        """Widths of the carried states ``(h, c)``: ``(hidden_size, hidden_size)``."""
+        return (self.hidden_size, self.hidden_size)
 
     @property
     def gate_input_size(self):
@@ -391,6 +414,16 @@ class LSTM(PhasedLSTM):
             extra = rng.normal(0.0, self.init_std, (1, 4 * self.hidden_size)).astype(self.dtype)
             params["Wx"] = np.concatenate([params["Wx"], extra])
         return params
+
+    @property
+    def output_size(self):
+        """Width of the hidden sequence the layer emits: ``hidden_size``."""
+        return self.hidden_size
+
+    @property
+    def state_sizes(self):
+        """Widths of the carried states ``(h, c)``: ``(hidden_size, hidden_size)``."""
+        return (self.hidden_size, self.hidden_size)
 
     @property
     def gate_input_size(self):
