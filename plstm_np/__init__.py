@@ -6,14 +6,19 @@ Event-based Sequences", NIPS 2016. The README gives a tour; the modules read lik
 - :mod:`plstm_np.time_gate`: the time gate (eq. 6) and its derivatives.
 - :mod:`plstm_np.reference`: one layer's forward and hand-derived BPTT in NumPy.
 - :mod:`plstm_np.layers`, :mod:`plstm_np.network`: layers, read-out, embedding, network.
+- :mod:`plstm_np.gru`, :mod:`plstm_np.batchnorm`, :mod:`plstm_np.bidirectional`: the Phased
+  GRU and GRU, batch normalisation of sequences (the BN-LSTM), bidirectional layers.
 - :mod:`plstm_np.losses`, :mod:`plstm_np.optim`: losses, Adam, clipping, constraints.
 - :mod:`plstm_np.gradcheck`: gradient checking against central differences.
 - :mod:`plstm_np.io`: save and load.
 """
 from . import mnist, nmnist, tasks
 from .backends import BackendUnavailableError, get_backend
+from .batchnorm import BatchNorm
+from .bidirectional import Bidirectional
 from .dataset import Dataset
 from .gradcheck import GradCheckReport, check_gradients, numerical_gradient, relative_error
+from .gru import GRU, PhasedGRU
 from .io import load, load_checkpoint, save
 from .layers import LSTM, PhasedLSTM
 from .losses import mean_squared_error, softmax_cross_entropy

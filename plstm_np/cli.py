@@ -166,7 +166,9 @@ def build_parser():
     p.add_argument("task", nargs="?", default="frequency", type=_task,
                    help=f"one of {', '.join(tasks)} (default frequency)")
     p.add_argument("--model", choices=list(ex.MODELS), default="plstm",
-                   help="plstm (Phased LSTM) or lstm (the baseline, timestamp as an input)")
+                   help="plstm (Phased LSTM), lstm or bnlstm (the paper's baselines, "
+                   "timestamp as an input; bnlstm batch-normalises the inputs), pgru (Phased "
+                   "GRU) or gru (its baseline)")
     p.add_argument("--sampling", choices=["standard", "high_res", "async"],
                    help="frequency tasks: 1 ms, 0.1 ms or asynchronous sampling (default async)")
     p.add_argument("--tau-range", type=_finite_float, nargs=2, metavar=("LO", "HI"),
@@ -241,7 +243,9 @@ def _print_metrics(result, out):
         print(f"validation loss (MSE): {result['loss']:.5f}  ({result['n']} sequences)", file=out)
     ups = ", ".join(f"{u:.1f}" for u in result["updates_per_neuron"])
     dense = result["dense_updates_per_neuron"]
-    share = result["updates_per_neuron"][0] / dense if dense else float("nan")
+    # the first recurrent layer's share (a batch normalisation in front updates nothing)
+    first = next((u for u in result["updates_per_neuron"] if u > 0), 0.0)
+    share = first / dense if dense else float("nan")
     print(f"neuron updates per neuron and sequence: {ups} computed "
           f"(a dense LSTM: {dense:.1f}; {100 * share:.1f} %)", file=out)
 

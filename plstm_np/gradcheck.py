@@ -98,15 +98,19 @@ def check_gradients(model, batch, *, names=None, eps=1e-4, training=True, rng=0)
 
     Parameters
     ----------
-    model : PhasedLSTM, LSTM or Network
-        Must be float64. A layer is checked on ``loss = sum(h * w) + sum(h_T * u) +
-        sum(c_T * v)`` with fixed random ``w``, ``u``, ``v``; a network on its own loss.
+    model : a sequence layer (PhasedLSTM, LSTM, PhasedGRU, GRU, BatchNorm, Bidirectional)
+        or a Network
+        Must be float64. A layer is checked on ``loss = sum(h * w) + sum_k sum(s_k * u_k)``
+        over its final states ``s_k`` (``h_T``, ``c_T`` for a Phased LSTM), with fixed random
+        ``w`` and ``u_k``; a network on its own loss.
     batch : Dataset or tuple
         For a layer, ``(x, t)`` or ``(x, t, lengths)``; for a network, a
         :class:`plstm_np.Dataset` (or a slice of one).
     names : iterable of str, optional
-        Which arrays to check: parameter names plus inputs (``"x"``, and ``"h0"``, ``"c0"``
-        for a layer or ``"layer{i}.h0"``, ``"layer{i}.c0"`` for a network). Default: all.
+        Which arrays to check: parameter names plus inputs (``"x"``, and the initial states,
+        ``"h0"``, ``"c0"`` for a Phased LSTM layer or ``"layer{i}.h0"``, ``"layer{i}.c0"``
+        for a network's; one ``"<name>0"`` per name of a layer's ``state_names``). Default:
+        all.
     eps : float
         Finite-difference step (see :func:`numerical_gradient`). The phase of a neuron moves
         by up to ``2 eps (t - s) / tau**2`` when ``tau`` is perturbed: keep the report's
@@ -144,18 +148,19 @@ def _layer_problem(layer, batch, training, rng):
                                           dtype=layer.dtype)
     x = x.copy()
     B, T = t.shape
-    H = layer.hidden_size
-    h0, c0 = rng.normal(0, 0.5, (B, H)), rng.normal(0, 0.5, (B, H))
-    w, u, v = rng.normal(size=(B, T, H)), rng.normal(size=(B, H)), rng.normal(size=(B, H))
+    state = tuple(rng.normal(0, 0.5, (B, size)) for size in layer.state_sizes)
+    w = rng.normal(size=(B, T, layer.output_size))
+    u = tuple(rng.normal(size=(B, size)) for size in layer.state_sizes)
 
     def loss_and_grads(need_grads=True):
-        h, (hT, cT), cache = layer.forward(x, t, lengths, (h0, c0), training=training)
-        loss = float((h * w).sum() + (hT * u).sum() + (cT * v).sum())
-        return loss, (layer.backward(w, cache, (u, v)) if need_grads else None)
+        h, final, cache = layer.forward(x, t, lengths, state, training=training)
+        loss = float((h * w).sum() + sum((s * uk).sum() for s, uk in zip(final, u)))
+        return loss, (layer.backward(w, cache, u if u else None) if need_grads else None)
 
-    arrays = dict(layer.params, x=x, h0=h0, c0=c0)
+    arrays = dict(layer.params, x=x)
+    arrays.update({f"{name}0": s for name, s in zip(layer.state_names, state)})
     kink = np.inf
-    if not layer.gate_open:
+    if "tau" in layer.params:
         valid = valid_steps(lengths, T)
         p = layer.params
         d = kink_distance(t[valid][:, None], p["tau"], p["s"], p["r_on"])
@@ -176,6 +181,6 @@ def _network_problem(net, batch, training, rng):
     arrays = dict(net.params)
     if x is not None:
         arrays["x"] = x
-    for i, (h0, c0) in enumerate(states):
-        arrays[f"layer{i}.h0"], arrays[f"layer{i}.c0"] = h0, c0
+    for i, (layer, state) in enumerate(zip(net.layers, states)):
+        arrays.update({f"layer{i}.{name}0": s for name, s in zip(layer.state_names, state)})
     return loss_and_grads, arrays, net.min_kink_distance(batch)

@@ -24,6 +24,9 @@ import zipfile
 
 import numpy as np
 
+from .batchnorm import BatchNorm
+from .bidirectional import Bidirectional
+from .gru import GRU, PhasedGRU
 from .layers import LSTM, PhasedLSTM
 from .network import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Dense, Embedding, Network
 from .optim import Adam
@@ -32,7 +35,11 @@ __all__ = ["save", "load", "load_checkpoint", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = CHECKPOINT_FORMAT
 FORMAT_VERSION = CHECKPOINT_VERSION
-_KINDS = {"PhasedLSTM": PhasedLSTM, "LSTM": LSTM, "Dense": Dense, "Embedding": Embedding}
+_KINDS = {"PhasedLSTM": PhasedLSTM, "LSTM": LSTM, "PhasedGRU": PhasedGRU, "GRU": GRU,
+          "BatchNorm": BatchNorm, "Bidirectional": Bidirectional, "Dense": Dense,
+          "Embedding": Embedding}
+#: The kinds built with a seed (their parameters are overwritten by the saved ones).
+_SEEDED = {"PhasedLSTM", "LSTM", "PhasedGRU", "GRU", "Dense", "Embedding"}
 #: The entries every checkpoint's metadata holds, and their JSON types.
 _META_KEYS = {"network": (dict,), "optimizer": (dict, type(None)), "metadata": (object,)}
 
@@ -110,18 +117,8 @@ def _check_loaded(path, net, arrays):
             idx = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
             raise ValueError(f"{path}: {key} has a non-finite value {value[idx]} at index "
                              f"{idx}")
-    for i, layer in enumerate(net.layers):
-        where = f"{path}: layer {i}: "
-        if hasattr(layer, "check_params"):  # the layer's own checks (domains, shapes)
-            layer.check_params(where=where)
-            continue
-        p = layer.params
-        if "tau" in p and not (p["tau"] > 0).all():
-            n = int(np.argmax(~(p["tau"] > 0)))
-            raise ValueError(f"{where}tau must be finite and > 0, got tau[{n}] = {p['tau'][n]}")
-        if "r_on" in p and not ((p["r_on"] > 0) & (p["r_on"] <= 1)).all():
-            n = int(np.argmax(~((p["r_on"] > 0) & (p["r_on"] <= 1))))
-            raise ValueError(f"{where}r_on must lie in (0, 1], got r_on[{n}] = {p['r_on'][n]}")
+    for i, layer in enumerate(net.layers):  # each layer's own checks (domains, shapes)
+        layer.check_params(where=f"{path}: layer {i}: ")
 
 
 def _build(cfg):
@@ -130,12 +127,13 @@ def _build(cfg):
     if kind not in _KINDS:
         raise ValueError(f"unknown component kind {kind!r}")
     cls = _KINDS[kind]
-    dims = [cfg.pop(k) for k in (("input_size", "hidden_size") if kind in ("PhasedLSTM", "LSTM")
-                                 else ("input_size", "output_size") if kind == "Dense"
-                                 else ("num_embeddings", "dim"))]
+    if kind == "Bidirectional":  # its halves are layers of their own
+        return cls.from_config(dict(cfg, kind=kind), _build)
     if "tau_exp_range" in cfg:
         cfg["tau_exp_range"] = tuple(cfg["tau_exp_range"])
-    return cls(*dims, **cfg, rng=0)
+    if kind in _SEEDED:
+        cfg["rng"] = 0
+    return cls(**cfg)
 
 
 def load_checkpoint(path):

@@ -18,32 +18,21 @@ import numpy as np
 from .backends import check_backend, get_backend
 from .optim import R_ON_MIN, TAU_MIN
 from .validation import (
-    TINY,
     as_rng,
     check_array,
     check_dtype,
     check_finite,
     check_parameter,
     check_positive_int,
+    check_real,
     check_sequence_inputs,
     check_state,
+    check_tau_exp_range,
+    check_timing,
+    per_neuron,
 )
 
 __all__ = ["PhasedLSTM", "LSTM"]
-
-
-def _per_neuron(value, H, name, dtype):
-    """A scalar or (H,) array argument as a fresh (H,) array of ``dtype``."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return np.full(H, value, dtype)
-    if isinstance(value, np.ndarray):
-        if value.shape != (H,):
-            raise ValueError(f"{name} must be a scalar or have shape ({H},), got {value.shape}")
-        if value.dtype.kind != "f":
-            raise TypeError(f"{name} must be a float array, got dtype {value.dtype}")
-        return value.astype(dtype)
-    raise TypeError(f"{name} must be a scalar or a numpy array of shape ({H},), "
-                    f"got {type(value).__name__}")
 
 
 def _check_grad_clip(value):
@@ -57,56 +46,6 @@ def _check_grad_clip(value):
         raise ValueError(f"grad_clip must be None (no clipping) or a finite number > 0, "
                          f"got {value!r}")
     return float(value)
-
-
-def _check_timing(tau, r_on, where=""):
-    """Raise ValueError naming the first neuron whose tau is not finite and > 0, or whose
-    r_on is not in (0, 1] (NaN included); subnormal values count as 0 (see ``TINY``)."""
-    bad = ~(np.isfinite(tau) & (tau >= TINY))
-    if bad.any():
-        n = int(np.argmax(bad))
-        raise ValueError(f"{where}tau must be finite and > 0, got tau[{n}] = {tau[n]}"
-                         + _subnormal_note(tau[n]))
-    bad = ~((r_on >= TINY) & (r_on <= 1))
-    if bad.any():
-        n = int(np.argmax(bad))
-        raise ValueError(f"{where}r_on must lie in (0, 1], got r_on[{n}] = {r_on[n]}"
-                         + _subnormal_note(r_on[n]))
-
-
-def _subnormal_note(value):
-    """What a refusal of a tiny positive ``value`` adds to its message."""
-    return (f" (a subnormal float, below {TINY:.4g}: its reciprocal overflows)"
-            if 0 < value < TINY else "")
-
-
-def _check_tau_exp_range(value):
-    """``tau_exp_range`` as ``(lo, hi)``: finite, ``lo <= hi``, ``exp(hi)`` a finite float64."""
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"tau_exp_range must be a pair of numbers (low, high), "
-                        f"got {value!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
-        raise ValueError(f"tau_exp_range must be finite (low, high) with low <= high, "
-                         f"got {value!r}")
-    if hi > 709.0:  # exp(709.78...) is the largest finite float64
-        raise ValueError(f"tau_exp_range's high must be at most 709 (tau = exp(high) "
-                         f"overflows float64 beyond), got {hi!r}")
-    return lo, hi
-
-
-def _check_real(value, name, *, low=None, low_open=False):
-    """``value`` as a finite float (>= ``low``, or > it with ``low_open``), else raise
-    naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite number, got {type(value).__name__}")
-    value = float(value)
-    if not np.isfinite(value) or (low is not None and (value <= low if low_open
-                                                       else value < low)):
-        bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
-        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
-    return value
 
 
 class PhasedLSTM:
@@ -178,17 +117,17 @@ class PhasedLSTM:
             raise ValueError(f"tau_min must be > 0 and r_on_min in (0, 1], "
                              f"got {tau_min}, {r_on_min}")
         self.tau_min, self.r_on_min = float(tau_min), float(r_on_min)
-        self.init_std = _check_real(init_std, "init_std", low=0.0)
+        self.init_std = check_real(init_std, "init_std", low=0.0)
         rng = as_rng(rng)
         self.params = self._init_gate_params(rng)
         if not self.gate_open:
-            lo, hi = _check_tau_exp_range(tau_exp_range)
+            lo, hi = check_tau_exp_range(tau_exp_range)
             tau = np.exp(rng.uniform(lo, hi, H)) if tau is None else tau
-            tau = _per_neuron(tau, H, "tau", np.float64)
-            r_on = _per_neuron(r_on, H, "r_on", np.float64)
-            _check_timing(tau, r_on)
+            tau = per_neuron(tau, H, "tau", np.float64)
+            r_on = per_neuron(r_on, H, "r_on", np.float64)
+            check_timing(tau, r_on)
             s = rng.uniform(0.0, tau) if s is None else s
-            s = _per_neuron(s, H, "s", np.float64)
+            s = per_neuron(s, H, "s", np.float64)
             if not np.all(np.isfinite(s)):
                 raise ValueError("s must be finite")
             self.params.update(tau=tau.astype(self.dtype), s=s.astype(self.dtype),
@@ -246,7 +185,7 @@ class PhasedLSTM:
         for name, shape in shapes.items():
             check_parameter(params[name], f"{where}params[{name!r}]", shape, self.dtype)
         if not self.gate_open:
-            _check_timing(params["tau"], params["r_on"], where)
+            check_timing(params["tau"], params["r_on"], where)
 
     @property
     def grad_clip(self):
@@ -404,7 +343,7 @@ class LSTM(PhasedLSTM):
     def __init__(self, input_size, hidden_size, *, time_input=True, time_scale=1.0,
                  init_std=0.1, grad_clip=None, dtype=np.float64, backend="numpy", rng=None):
         self.time_input = bool(time_input)
-        self.time_scale = _check_real(time_scale, "time_scale")
+        self.time_scale = check_real(time_scale, "time_scale")
         super().__init__(input_size, hidden_size, leak=0.0, init_std=init_std,
                          grad_clip=grad_clip, dtype=dtype, backend=backend, rng=rng)
 

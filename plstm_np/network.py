@@ -24,7 +24,6 @@ import numpy as np
 
 from .backends import check_backend
 from .files import atomic_write, refuse_existing
-from .layers import PhasedLSTM
 from .losses import LOSSES
 from .streaming import Stream
 from .time_gate import kink_distance
@@ -33,11 +32,11 @@ from .validation import (
     check_array,
     check_dtype,
     check_finite,
+    check_layer_state,
     check_lengths,
     check_parameter,
     check_positive_int,
     check_sequence_inputs,
-    check_state,
     check_times,
     check_timestamps,
     valid_steps,
@@ -46,6 +45,13 @@ from .validation import (
 __all__ = ["Dense", "Embedding", "Network", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
 #: ``"format"`` entry of a checkpoint's metadata (see :mod:`plstm_np.io`).
+#: What :class:`Network` needs of every entry of ``layers`` (see :mod:`plstm_np.layers`):
+#: sizes, dtype, parameters, the names and widths of the carried state, a parameter check,
+#: the forward on validated inputs and the backward.
+LAYER_PROTOCOL = ("input_size", "output_size", "hidden_size", "dtype", "params", "frozen",
+                  "bounds", "state_names", "state_sizes", "check_params", "forward_validated",
+                  "backward", "config", "streamable")
+
 CHECKPOINT_FORMAT = "plstm_np.network"
 #: ``"version"`` entry of a checkpoint's metadata: the layout :meth:`Network.save` writes.
 CHECKPOINT_VERSION = 1
@@ -173,9 +179,12 @@ class Network:
 
     Parameters
     ----------
-    layers : list of PhasedLSTM or LSTM
+    layers : list of sequence layers
+        :class:`PhasedLSTM`, :class:`LSTM`, :class:`~plstm_np.PhasedGRU`,
+        :class:`~plstm_np.GRU`, :class:`~plstm_np.BatchNorm`, :class:`~plstm_np.Bidirectional`,
+        or any object of the layer protocol (see :data:`LAYER_PROTOCOL`).
         ``layers[0].input_size`` = ``embedding.dim`` (if any) + number of input features;
-        ``layers[i].input_size`` = ``layers[i-1].hidden_size``.
+        ``layers[i].input_size`` = ``layers[i-1].output_size``.
     readout : Dense
         Maps the top layer's hidden state to the outputs.
     embedding : Embedding, optional
@@ -197,8 +206,14 @@ class Network:
     def __init__(self, layers, readout, *, embedding=None, readout_at="last",
                  loss="cross_entropy", backend=None):
         layers = list(layers)
-        if not layers or not all(isinstance(layer, PhasedLSTM) for layer in layers):
-            raise TypeError("layers must be a non-empty list of PhasedLSTM or LSTM layers")
+        if not layers:
+            raise TypeError("layers must be a non-empty list of sequence layers")
+        for i, layer in enumerate(layers):
+            missing = [name for name in LAYER_PROTOCOL if not hasattr(layer, name)]
+            if missing:
+                raise TypeError(f"layers[{i}] must be a sequence layer (PhasedLSTM, LSTM, "
+                                f"PhasedGRU, GRU, BatchNorm, Bidirectional), got "
+                                f"{type(layer).__name__} without {', '.join(missing)}")
         if not isinstance(readout, Dense):
             raise TypeError(f"readout must be a Dense layer, got {type(readout).__name__}")
         if embedding is not None and not isinstance(embedding, Embedding):
@@ -220,12 +235,12 @@ class Network:
             raise ValueError(f"layer0.input_size ({layers[0].input_size}) is smaller than "
                              f"embedding.dim ({embed_dim})")
         for i in range(1, len(layers)):
-            if layers[i].input_size != layers[i - 1].hidden_size:
+            if layers[i].input_size != layers[i - 1].output_size:
                 raise ValueError(f"layer{i}.input_size ({layers[i].input_size}) must equal "
-                                 f"layer{i - 1}.hidden_size ({layers[i - 1].hidden_size})")
-        if readout.input_size != layers[-1].hidden_size:
+                                 f"layer{i - 1}.output_size ({layers[i - 1].output_size})")
+        if readout.input_size != layers[-1].output_size:
             raise ValueError(f"readout.input_size ({readout.input_size}) must equal the top "
-                             f"layer's hidden_size ({layers[-1].hidden_size})")
+                             f"layer's output_size ({layers[-1].output_size})")
         if backend is not None:
             self.backend = backend
 
@@ -272,11 +287,13 @@ class Network:
         return self.readout.output_size
 
     def initial_state(self, batch_size, *, rng=None, scale=0.0):
-        """A list of ``(h0, c0)`` per layer: zeros, or ``N(0, scale)`` when ``scale > 0``."""
+        """A list of each layer's initial state, a tuple with one array per name of its
+        ``state_names`` (``(h0, c0)`` for a Phased LSTM, ``(h0,)`` for a GRU, ``()`` for a
+        batch normalisation): zeros, or ``N(0, scale)`` when ``scale > 0``."""
         rng = as_rng(rng)
-        return [tuple(rng.normal(0.0, scale, (batch_size, layer.hidden_size)).astype(self.dtype)
-                      if scale > 0 else np.zeros((batch_size, layer.hidden_size), self.dtype)
-                      for _ in range(2)) for layer in self.layers]
+        return [tuple(rng.normal(0.0, scale, (batch_size, size)).astype(self.dtype)
+                      if scale > 0 else np.zeros((batch_size, size), self.dtype)
+                      for size in layer.state_sizes) for layer in self.layers]
 
     # ------------------------------------------------------------------ running
     def check_inputs(self, x, t, lengths, tokens):
@@ -342,8 +359,10 @@ class Network:
         if state is None:
             state = [None] * len(self.layers)
         if not isinstance(state, (list, tuple)) or len(state) != len(self.layers):
-            raise ValueError(f"state must be a list of {len(self.layers)} (h0, c0) tuples or None")
-        return [check_state(s, B, layer.hidden_size, self.dtype, name=f"state[{i}]")
+            raise ValueError(f"state must be a list of {len(self.layers)} per-layer state "
+                             f"tuples (or None entries), or None")
+        return [check_layer_state(s, B, layer.state_names, layer.state_sizes, self.dtype,
+                                  name=f"state[{i}]")
                 for i, (s, layer) in enumerate(zip(state, self.layers))]
 
     def forward(self, x, t, lengths=None, tokens=None, state=None, training=True):
@@ -380,8 +399,9 @@ class Network:
             emb = self.embedding.forward(tokens)
             inp = emb if x is None else np.concatenate([emb, x], axis=2)
         layer_caches, states = [], []
-        for layer, (h0, c0) in zip(self.layers, states_in):
-            inp, state_out, layer_cache = layer.forward_validated(inp, t, lengths, h0, c0, training)
+        for layer, state_in in zip(self.layers, states_in):
+            inp, state_out, layer_cache = layer.forward_validated(inp, t, lengths, *state_in,
+                                                                  training=training)
             layer_caches.append(layer_cache)
             states.append(state_out)
         top = inp
@@ -452,7 +472,7 @@ class Network:
         lengths, T = cache["lengths"], cache["T"]
         B = len(lengths)
         if self.readout_at == "last":
-            dh = np.zeros((B, T, self.layers[-1].hidden_size), self.dtype)
+            dh = np.zeros((B, T, self.layers[-1].output_size), self.dtype)
             dh[np.arange(B), lengths - 1] = dtop
         else:
             dh = dtop
@@ -460,8 +480,8 @@ class Network:
         for i in reversed(range(len(self.layers))):
             layer_grads = self.layers[i].backward(dh, cache["layer_caches"][i], dstates[i])
             dh = layer_grads.pop("x")
-            grads[f"layer{i}.h0"] = layer_grads.pop("h0")
-            grads[f"layer{i}.c0"] = layer_grads.pop("c0")
+            for name in self.layers[i].state_names:
+                grads[f"layer{i}.{name}0"] = layer_grads.pop(f"{name}0")
             grads.update({f"layer{i}.{k}": v for k, v in layer_grads.items()})
         if self.embedding is not None:
             dim = self.embedding.dim
@@ -596,8 +616,7 @@ class Network:
         valid = valid_steps(steps, batch.t.shape[1])
         times = batch.t[valid][:, None]
         dists = [kink_distance(times, p["tau"], p["s"], p["r_on"]).min()
-                 for p in (layer.params for layer in self.layers if not layer.gate_open)
-                 if times.size]
+                 for p in (layer.params for layer in self.layers) if "tau" in p and times.size]
         return float(min(dists, default=np.inf))
 
     def stream(self, batch=1):

@@ -13,8 +13,13 @@ skipped) on each packet. Pushing a recording in pieces gives the same outputs as
     print(stream.updates_per_neuron)         # compute actually spent, per layer
 
 The stream snapshots the network's parameters when it is created (call :meth:`refresh`
-after changing them); it always runs on the Numba CPU kernels, which it asks the backend
-registry for when a stream is created (so that ``import plstm_np`` loads no Numba).
+after changing them); it runs the Phased LSTM and LSTM layers on the Numba CPU kernels of
+streaming, which it asks the backend registry for when a stream is created (so that
+``import plstm_np`` loads no Numba). Other streamable layers (a Phased GRU, a GRU, a batch
+normalisation, which streams with its running statistics) run through their own
+``forward_validated`` at evaluation, packet by packet, with their state carried; a layer that
+cannot stream (:class:`~plstm_np.Bidirectional`: its backward half needs the whole
+sequence) is refused when the stream is created.
 
 Where this module sits: below :mod:`plstm_np.network`, which imports it for
 :meth:`plstm_np.Network.stream`. It does not import the network back: a model is run as a
@@ -29,6 +34,7 @@ import numpy as np
 
 from .backends import get_backend
 from .layers import PhasedLSTM
+from .time_gate import time_gate
 from .validation import check_positive_int, check_sequence_inputs, valid_steps
 
 __all__ = ["Stream"]
@@ -80,15 +86,20 @@ class Stream:
     """
 
     def __init__(self, model, batch=1):
-        if isinstance(model, PhasedLSTM):
-            self.network = None
-            self.layers = [model]
-        elif all(hasattr(model, name) for name in _NETWORK_ATTRIBUTES):
+        if all(hasattr(model, name) for name in _NETWORK_ATTRIBUTES):
             self.network = model
             self.layers = list(model.layers)
+        elif hasattr(model, "forward_validated") and hasattr(model, "streamable"):
+            self.network = None
+            self.layers = [model]
         else:
-            raise TypeError(f"model must be a Network or a PhasedLSTM/LSTM layer, "
-                            f"got {type(model).__name__}")
+            raise TypeError(f"model must be a Network or a sequence layer (PhasedLSTM, LSTM, "
+                            f"PhasedGRU, GRU, BatchNorm), got {type(model).__name__}")
+        for i, layer in enumerate(self.layers):
+            if not layer.streamable:
+                raise ValueError(f"layer{i} ({type(layer).__name__}) cannot stream: it needs "
+                                 f"the whole sequence (a backward pass); evaluate recordings "
+                                 f"whole with forward() or evaluate()")
         self.batch = check_positive_int(batch, "batch")
         self.dtype = self.layers[0].dtype
         self._kernels = get_backend("numba")
@@ -103,13 +114,14 @@ class Stream:
         (self.network if self.network is not None else self.layers[0]).check_params()
         self._prepared = [
             self._kernels.prepare_params(layer.params, layer.gate_open, dense=False)
-            for layer in self.layers]
+            if _on_kernels(layer) else None for layer in self.layers]
         self._table = None
         if self.network is not None:
             readout = self.network.readout.params  # float64: the kernel accumulates in it
             self._readout = (readout["W"].astype(np.float64), readout["b"].astype(np.float64))
             emb = self.network.embedding
-            if emb is not None:  # the first layer sees a precomputed projection per token
+            if emb is not None and _on_kernels(self.layers[0]):
+                # the first layer sees a precomputed projection per token
                 self._table, self._prepared[0] = self._kernels.token_table(
                     self._prepared[0], emb.params["E"])
 
@@ -120,8 +132,8 @@ class Stream:
         time, earlier ones included.
         """
         B = self.batch
-        self.states = [(np.zeros((B, layer.hidden_size), self.dtype),
-                        np.zeros((B, layer.hidden_size), self.dtype)) for layer in self.layers]
+        self.states = [tuple(np.zeros((B, size), self.dtype) for size in layer.state_sizes)
+                       for layer in self.layers]
         self.update_counts = [np.zeros((B, layer.hidden_size), np.int64) for layer in self.layers]
         self.last_time = np.full(B, np.nan)
         self.events = np.zeros(B, np.int64)
@@ -257,7 +269,7 @@ class Stream:
         B, n = t3.shape
         if n == 0:  # an empty packet: nothing to compute, an empty read-out
             C = (self.network.output_size if self.network is not None
-                 else self.layers[-1].hidden_size)
+                 else self.layers[-1].output_size)
             return np.empty(tuple(out_shape) + (C,), self.dtype)
         tokens = None
         if self.network is not None:
@@ -267,6 +279,9 @@ class Stream:
                 tokens = np.ascontiguousarray(tok3, dtype=np.int64)
                 if inp is None:
                     inp = np.empty((B, n, 0), self.dtype)
+            elif self.network.embedding is not None:
+                emb = self.network.embedding.forward(tok3)
+                inp = emb if inp is None else np.concatenate([emb, inp], axis=2)
         else:
             inp, t3, lengths = check_sequence_inputs(x3, t3, lengths,
                                                      input_size=self.layers[0].input_size,
@@ -274,6 +289,13 @@ class Stream:
         self._check_time_order(t3, lengths, len(out_shape))  # before any state changes
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
+            if not _on_kernels(layer):  # its own evaluation forward, the state carried
+                inp, self.states[i], _ = layer.forward_validated(inp, t3, lengths,
+                                                                 *self.states[i],
+                                                                 training=False)
+                self.update_counts[i] += _updates(layer, t3, lengths)
+                res = None
+                continue
             h0, c0 = self.states[i]
             features = np.ascontiguousarray(layer.gate_inputs(inp, t3))
             table = self._table if i == 0 else None
@@ -285,7 +307,12 @@ class Stream:
                 readout=readout)
             inp, hT, cT = res[:3]
             self.states[i] = (hT, cT)
-        out = self.network.readout.activate(res[3]) if self.network is not None else inp
+        if self.network is None:
+            out = inp
+        elif res is None:  # the top layer ran outside the kernels: the read-out here
+            out = self.network.readout.forward(inp)
+        else:
+            out = self.network.readout.activate(res[3])
         has = lengths > 0
         self.last_time[has] = t3[has, lengths[has] - 1]
         self.events += lengths
@@ -294,3 +321,25 @@ class Stream:
     def __repr__(self):
         return (f"Stream(batch={self.batch}, layers={len(self.layers)}, "
                 f"events={self.events.tolist()})")
+
+
+def _on_kernels(layer):
+    """Whether the streaming kernels run ``layer`` (the Phased LSTM and the LSTM)."""
+    return isinstance(layer, PhasedLSTM)
+
+
+def _updates(layer, t, lengths):
+    """Neuron updates (batch, hidden_size) that an evaluation of ``layer`` outside the
+    kernels computes on a packet: a step of a neuron whose time gate is open (k > 0 with
+    alpha = 0) for a layer with a gate (``tau``, ``s``, ``r_on``), every valid step of every
+    neuron for a recurrent layer without one, none for a layer without state."""
+    B, n = t.shape
+    valid = valid_steps(lengths, n)
+    if not layer.state_names:
+        return np.zeros((B, layer.hidden_size), np.int64)
+    p = layer.params
+    if "tau" in p:
+        k = time_gate(t[:, :, None], p["tau"].astype(np.float64), p["s"].astype(np.float64),
+                      p["r_on"].astype(np.float64))
+        return ((k > 0) & valid[:, :, None]).sum(1)
+    return np.repeat(valid.sum(1)[:, None], layer.hidden_size, axis=1)

@@ -189,3 +189,86 @@ def check_state(state, B, H, dtype, name="state"):
     check_finite(h0, f"{name}[0] (h0)")
     check_finite(c0, f"{name}[1] (c0)")
     return h0, c0
+
+
+def check_layer_state(state, B, names, sizes, dtype, name="state"):
+    """Validate a layer's initial state: a tuple with one (B, size) array of ``dtype`` per
+    name of ``names`` (a layer's ``state_names``, e.g. ``("h", "c")``); None gives zeros."""
+    labels = [f"{n}0" for n in names]
+    if state is None:
+        return tuple(np.zeros((B, size), dtype) for size in sizes)
+    if not isinstance(state, (tuple, list)) or len(state) != len(names):
+        raise TypeError(f"{name} must be a tuple ({', '.join(labels)}) or None, got "
+                        f"{type(state).__name__}"
+                        + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
+    out = []
+    for k, (label, size) in enumerate(zip(labels, sizes)):
+        a = check_array(state[k], f"{name}[{k}] ({label})", shape=(B, size), dtype=dtype)
+        check_finite(a, f"{name}[{k}] ({label})")
+        out.append(a)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- layer arguments
+def per_neuron(value, H, name, dtype):
+    """A scalar or (H,) array argument as a fresh (H,) array of ``dtype``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return np.full(H, value, dtype)
+    if isinstance(value, np.ndarray):
+        if value.shape != (H,):
+            raise ValueError(f"{name} must be a scalar or have shape ({H},), got {value.shape}")
+        if value.dtype.kind != "f":
+            raise TypeError(f"{name} must be a float array, got dtype {value.dtype}")
+        return value.astype(dtype)
+    raise TypeError(f"{name} must be a scalar or a numpy array of shape ({H},), "
+                    f"got {type(value).__name__}")
+
+
+def check_timing(tau, r_on, where=""):
+    """Raise ValueError naming the first neuron whose tau is not finite and > 0, or whose
+    r_on is not in (0, 1] (NaN included); subnormal values count as 0 (see :data:`TINY`)."""
+    bad = ~(np.isfinite(tau) & (tau >= TINY))
+    if bad.any():
+        n = int(np.argmax(bad))
+        raise ValueError(f"{where}tau must be finite and > 0, got tau[{n}] = {tau[n]}"
+                         + _subnormal_note(tau[n]))
+    bad = ~((r_on >= TINY) & (r_on <= 1))
+    if bad.any():
+        n = int(np.argmax(bad))
+        raise ValueError(f"{where}r_on must lie in (0, 1], got r_on[{n}] = {r_on[n]}"
+                         + _subnormal_note(r_on[n]))
+
+
+def _subnormal_note(value):
+    """What a refusal of a tiny positive ``value`` adds to its message."""
+    return (f" (a subnormal float, below {TINY:.4g}: its reciprocal overflows)"
+            if 0 < value < TINY else "")
+
+
+def check_tau_exp_range(value):
+    """``tau_exp_range`` as ``(lo, hi)``: finite, ``lo <= hi``, ``exp(hi)`` a finite float64."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"tau_exp_range must be a pair of numbers (low, high), "
+                        f"got {value!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+        raise ValueError(f"tau_exp_range must be finite (low, high) with low <= high, "
+                         f"got {value!r}")
+    if hi > 709.0:  # exp(709.78...) is the largest finite float64
+        raise ValueError(f"tau_exp_range's high must be at most 709 (tau = exp(high) "
+                         f"overflows float64 beyond), got {hi!r}")
+    return lo, hi
+
+
+def check_real(value, name, *, low=None, low_open=False):
+    """``value`` as a finite float (>= ``low``, or > it with ``low_open``), else raise
+    naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or (low is not None and (value <= low if low_open
+                                                       else value < low)):
+        bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return value

@@ -160,10 +160,12 @@ def randomize(model, rng, scale=0.7, r_on_range=(0.2, 0.9)):
 
 
 def timing_of(model):
-    """(tau, s, r_on) of every Phased LSTM layer of a layer or network."""
+    """(tau, s, r_on) of every time gate of a layer or network (every layer whose parameters
+    hold a ``tau``; a bidirectional layer's halves, ``fw.tau``, ``bw.tau``, count too)."""
     layers = model.layers if hasattr(model, "layers") else [model]
-    return [(p["tau"], p["s"], p["r_on"])
-            for p in (layer.params for layer in layers if not layer.gate_open)]
+    return [(p[prefix + "tau"], p[prefix + "s"], p[prefix + "r_on"])
+            for p in (layer.params for layer in layers)
+            for prefix in ("", "fw.", "bw.") if prefix + "tau" in p]
 
 
 def times_off_kinks(model, rng, B, T, t_max=20.0, margin=0.02):

@@ -78,6 +78,17 @@ def test_lstm_and_other_tasks_train_from_the_cli(tmp_path, capsys):
     assert code == 0 and "validation loss (MSE)" in text
 
 
+@pytest.mark.parametrize("model", ["bnlstm", "pgru", "gru"])
+def test_every_model_trains_and_evaluates_from_the_cli(model, tmp_path, capsys):
+    out = tmp_path / model
+    code, text, err = run(["train", "--model", model, "--epochs", "1", "--out", str(out),
+                           *TINY], capsys)
+    assert code == 0, err
+    code, text, err = run(["evaluate", str(out / "checkpoint.npz")], capsys)
+    assert code == 0 and "accuracy" in text, err
+    assert json.loads((out / "config.json").read_text())["model"] == model
+
+
 def _user_recordings(tmp_path, ids, layout):
     """Copy a few shipped recordings into a folder the way a user might have them."""
     labels = read_labels(DATA_DIR / "train1K.txt")
@@ -135,7 +146,7 @@ def test_reproduce_quick_writes_table_and_figures(tmp_path, capsys):
     assert code == 0
     root = tmp_path / "frequency"
     results = json.loads((root / "results.json").read_text())
-    assert set(results["conditions"]) == {f"{m}-{s}" for m in ("plstm", "lstm")
+    assert set(results["conditions"]) == {f"{m}-{s}" for m in ("plstm", "bnlstm", "lstm")
                                           for s in ("standard", "high_res", "async")}
     table = (root / "results.md").read_text()
     for cond in results["conditions"]:
@@ -164,7 +175,7 @@ def test_reproduce_quick_nmnist_table1(tmp_path, capsys):
 @pytest.mark.parametrize("argv, words", [
     ([], "COMMAND"),
     (["train", "nosuchtask"], "task must be one of"),
-    (["train", "--model", "gru"], "--model"),
+    (["train", "--model", "rnn"], "--model"),
     (["train", "--epochs", "0"], "--epochs"),
     (["train", "--sampling", "weird"], "--sampling"),
     (["train", "--rho", "1.5"], "--rho"),

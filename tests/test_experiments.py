@@ -1,4 +1,4 @@
-"""Experiments: every task trains a few steps with both models, the paper's architectures,
+"""Experiments: every task trains a few steps with every model, the paper's architectures,
 seeded data regenerated exactly, backend fallback, and (slow) the main job's accuracy."""
 import json
 
@@ -21,10 +21,13 @@ def updates_per_neuron_expected(net, val, backend):
     """Neuron updates per neuron and per sequence at evaluation, counted independently of
     the kernels: every valid step for an LSTM (and on the NumPy reference backend, which
     skips nothing); for a Phased LSTM on a skipping backend (alpha = 0) only the valid steps
-    at which a neuron's time gate is open (k != 0)."""
-    layer = net.layers[0]
+    at which a neuron's time gate is open (k != 0); a Phased GRU counts only those on every
+    backend. The recurrent layer is the last one (a BN-LSTM's batch normalisation comes
+    first)."""
+    layer = net.layers[-1]
     steps = val.steps
-    if isinstance(layer, pl.LSTM) or backend == "numpy":
+    if isinstance(layer, (pl.LSTM, pl.GRU)) or (backend == "numpy"
+                                                and isinstance(layer, pl.PhasedLSTM)):
         return int(steps.sum()) * layer.hidden_size / layer.hidden_size / len(val)
     valid = np.arange(val.t.shape[1])[None, :] < steps[:, None]
     p = layer.params
@@ -58,11 +61,12 @@ def test_every_task_trains_a_few_steps(task, model, tmp_path):
     updates = final["updates_per_neuron"]
     assert updates == pytest.approx(direct["updates_per_neuron"], rel=1e-12)
     backend = run["config"]["backend"]
-    assert updates[0] == pytest.approx(updates_per_neuron_expected(net, val, backend), rel=1e-12)
-    if model == "lstm" or backend == "numpy":
-        assert updates[0] == pytest.approx(dense, rel=1e-12)
+    assert updates[-1] == pytest.approx(updates_per_neuron_expected(net, val, backend),
+                                        rel=1e-12)
+    if model in ("lstm", "bnlstm", "gru") or (model == "plstm" and backend == "numpy"):
+        assert updates[-1] == pytest.approx(dense, rel=1e-12)
     else:
-        assert updates[0] < dense  # the kernels skip closed neurons at evaluation
+        assert updates[-1] < dense  # the kernels skip closed neurons at evaluation
     # ... and so does evaluate_checkpoint, from the configuration saved in the checkpoint
     result = ex.evaluate_checkpoint(tmp_path, log=lambda m: None)
     assert result["loss"] == pytest.approx(direct["loss"], rel=1e-9)
@@ -147,7 +151,7 @@ def test_unavailable_backend_falls_back_to_numpy(monkeypatch):
 
 
 @pytest.mark.parametrize("key, value, words", [
-    ("model", "gru", "model must be one of"),
+    ("model", "rnn", "model must be one of"),
     ("sampling", "fast", "sampling must be"),
     ("n_train", 0, "n_train"),
     ("lr", 0.0, "lr must be a finite number > 0"),

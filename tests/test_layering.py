@@ -46,8 +46,11 @@ LAYERS = {
     # 2: backends: the registry, the NumPy reference, the Numba and CUDA kernels
     "plstm_np.backends": 2,
     "plstm_np.reference": 2,
-    # 3: recurrent layers
+    # 3: sequence layers
     "plstm_np.layers": 3,
+    "plstm_np.gru": 3,
+    "plstm_np.batchnorm": 3,
+    "plstm_np.bidirectional": 3,
     # 4: streaming inference, below the network that offers it (Network.stream)
     "plstm_np.streaming": 4,
     # 5: the network

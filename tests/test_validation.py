@@ -101,8 +101,13 @@ def test_bad_sizes(size):
 def test_network_structure_errors():
     a, b = pl.PhasedLSTM(2, 3, rng=0), pl.PhasedLSTM(4, 3, rng=0)
     with pytest.raises(ValueError,
-                       match=r"layer1.input_size \(4\) must equal layer0.hidden_size \(3\)"):
+                       match=r"layer1.input_size \(4\) must equal layer0.output_size \(3\)"):
         pl.Network([a, b], pl.Dense(3, 2))
+    with pytest.raises(TypeError, match=r"layers\[1\] must be a sequence layer .*got Dense "
+                                        r"without hidden_size, frozen"):
+        pl.Network([a, pl.Dense(3, 3)], pl.Dense(3, 2))
+    with pytest.raises(TypeError, match="non-empty list"):
+        pl.Network([], pl.Dense(3, 2))
     with pytest.raises(ValueError, match=r"readout\.input_size"):
         pl.Network([a], pl.Dense(5, 2))
     with pytest.raises(TypeError, match="dtype"):

@@ -26,7 +26,9 @@ The modules, one concern each (every public name is re-exported here):
   figures (:func:`aggregate`, :func:`results_markdown`, :func:`write_figures`).
 """
 from .configs import (
+    MODEL_NAMES,
     MODELS,
+    PAPER_MODELS,
     READOUTS,
     SAMPLED_TASKS,
     TASK_ALIASES,
@@ -49,7 +51,8 @@ from .runs import (
     run_training,
 )
 
-__all__ = ["TaskSpec", "TASK_SPECS", "TASK_ALIASES", "MODELS", "EXPERIMENTS", "canonical_task",
+__all__ = ["TaskSpec", "TASK_SPECS", "TASK_ALIASES", "MODELS", "PAPER_MODELS", "MODEL_NAMES",
+           "EXPERIMENTS", "canonical_task",
            "default_config", "make_data", "make_val_data", "build_model", "resolve_backend",
            "run_training", "evaluate_checkpoint", "reproduce", "Experiment", "SAMPLED_TASKS",
            "aggregate", "results_markdown", "write_figures", "READOUTS", "VARIANTS",

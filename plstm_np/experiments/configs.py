@@ -3,7 +3,9 @@
 - :class:`TaskSpec` and :data:`TASK_SPECS`: what each task needs (sizes, loss, timing) and
   the defaults of a quick ``plstm-np train`` run.
 - :data:`TASK_ALIASES` and :func:`canonical_task`: the names accepted on the command line.
-- :data:`MODELS`: the two architectures, Phased LSTM and the LSTM baseline.
+- :data:`MODELS`: the architectures a run may train: the Phased LSTM, its two baselines in
+  the paper (the LSTM and the BN-LSTM, both with the timestamp as an input), the Phased GRU
+  and its GRU baseline; :data:`PAPER_MODELS`, the paper's three, are the experiments'.
 - :func:`default_config`: a complete, checked, JSON-serialisable run configuration.
 """
 from __future__ import annotations
@@ -12,10 +14,16 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["TaskSpec", "TASK_SPECS", "TASK_ALIASES", "MODELS", "READOUTS", "VARIANTS",
+__all__ = ["TaskSpec", "TASK_SPECS", "TASK_ALIASES", "MODELS", "PAPER_MODELS", "MODEL_NAMES",
+           "READOUTS", "VARIANTS",
            "SAMPLED_TASKS", "canonical_task", "default_config"]
 
-MODELS = ("plstm", "lstm")
+MODELS = ("plstm", "lstm", "bnlstm", "pgru", "gru")
+#: The models of the paper's figures and tables (Fig. 3d, Fig. 4a, Table 1).
+PAPER_MODELS = ("plstm", "bnlstm", "lstm")
+#: How tables and figures name the models.
+MODEL_NAMES = {"plstm": "Phased LSTM", "lstm": "LSTM", "bnlstm": "BN-LSTM",
+               "pgru": "Phased GRU", "gru": "GRU"}
 READOUTS = ("linear", "leaky_relu")
 VARIANTS = ("paper", "authors")
 _LOG_100 = float(np.log(100.0))

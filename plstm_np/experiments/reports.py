@@ -6,10 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .configs import MODELS, TASK_SPECS, default_config
+from .configs import MODEL_NAMES, PAPER_MODELS, TASK_SPECS, default_config
 from .registry import EXPERIMENTS
 
 __all__ = ["aggregate", "results_markdown", "write_figures"]
+
+
+#: Each model's colour in the figures.
+_COLOURS = {"plstm": "tab:red", "lstm": "tab:blue", "bnlstm": "tab:green",
+            "pgru": "tab:orange", "gru": "tab:purple"}
 
 
 def aggregate(runs):
@@ -143,17 +148,17 @@ def write_figures(results, folder):
     if results["experiment"] == "frequency":
         fig, ax = plt.subplots(figsize=(7.5, 3.5))
         samplings = ["standard", "high_res", "async"]
-        width = 0.38
-        for k, model in enumerate(MODELS):
+        models = [m for m in PAPER_MODELS if any(f"{m}-{s}" in conds for s in samplings)]
+        width = 0.8 / max(len(models), 1)
+        for k, model in enumerate(models):
             names = [f"{model}-{s}" for s in samplings]
             means = [100 * conds[n]["final_val_accuracy_mean"] if n in conds else np.nan
                      for n in names]
             stds = [100 * conds[n]["final_val_accuracy_std"] if n in conds else 0 for n in names]
             paper = [results["paper"].get(n, np.nan) for n in names]
-            xs = np.arange(3) + (k - 0.5) * width
-            ax.bar(xs, means, width, yerr=stds,
-                   label={"plstm": "Phased LSTM", "lstm": "LSTM"}[model],
-                   color=("tab:red" if model == "plstm" else "tab:blue"), capsize=3)
+            xs = np.arange(3) + (k - (len(models) - 1) / 2) * width
+            ax.bar(xs, means, width, yerr=stds, label=MODEL_NAMES[model],
+                   color=_COLOURS[model], capsize=3)
             ax.scatter(xs, paper, marker="_", s=300, color="k", zorder=3,
                        label="paper" if k == 0 else None)
         ax.set_xticks(range(3), ["standard", "high resolution", "async"])
@@ -171,8 +176,10 @@ def write_figures(results, folder):
     variants = list(dict.fromkeys(name.partition("-")[2] for name in conds))
     for name, c in conds.items():
         epochs = np.arange(1, len(c["curve_val_loss_mean"]) + 1)
-        # one colour per variant (sampling, tau range), solid Phased LSTM, dashed LSTM
-        style = dict(ls="-" if name.startswith("plstm") else "--",
+        # one colour per variant (sampling, tau range); solid Phased LSTM, dashed LSTM,
+        # dotted BN-LSTM
+        model = name.partition("-")[0]
+        style = dict(ls={"plstm": "-", "pgru": "-", "bnlstm": ":"}.get(model, "--"),
                      color=f"C{variants.index(name.partition('-')[2]) % 10}",
                      marker="." if len(epochs) < 30 else None)
         if classification:

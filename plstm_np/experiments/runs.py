@@ -47,7 +47,9 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import BackendUnavailableError, get_backend
+from ..batchnorm import BatchNorm
 from ..files import write_json_atomic
+from ..gru import GRU, PhasedGRU
 from ..io import load_checkpoint
 from ..layers import LSTM, PhasedLSTM
 from ..network import Dense, Embedding, Network
@@ -218,22 +220,34 @@ def build_model(cfg):
     if task == "nmnist":
         embedding = Embedding(NUM_ADDRESSES, 40, dtype=dtype, rng=rng)
         n_in += embedding.dim
-    common = dict(grad_clip=cfg.get("grad_clip"), dtype=dtype, backend=backend, rng=rng)
-    if cfg["model"] == "lstm":
-        layer = LSTM(n_in, H, time_scale=cfg.get("time_scale", spec.time_scale), **common)
-    elif task == "multirate":
-        timing = multirate_timing(H, r_on=cfg["r_on"])
-        layer = PhasedLSTM(n_in, H, **timing, learn_tau=False, learn_s=False, **common)
+    model = cfg["model"]
+    common = dict(dtype=dtype, backend=backend, rng=rng)
+    time_scale = cfg.get("time_scale", spec.time_scale)
+    if task == "multirate":
+        timing = dict(multirate_timing(H, r_on=cfg["r_on"]), learn_tau=False, learn_s=False)
     else:
-        layer = PhasedLSTM(n_in, H, tau_exp_range=tuple(cfg["tau_exp_range"]), r_on=cfg["r_on"],
-                           learn_r_on=bool(cfg.get("learn_r_on", False)), **common)
-    layer.params["b"][:H] = cfg.get("input_gate_bias", 0.0)  # gate blocks [i, f, g, o]
+        timing = dict(tau_exp_range=tuple(cfg["tau_exp_range"]), r_on=cfg["r_on"],
+                      learn_r_on=bool(cfg.get("learn_r_on", False)))
+    layers = []
+    if model == "bnlstm":  # the authors' BN-LSTM: the inputs batch-normalised, then an LSTM
+        layers.append(BatchNorm(n_in, dtype=dtype, backend=backend))
+    if model in ("lstm", "bnlstm"):
+        layer = LSTM(n_in, H, time_scale=time_scale, grad_clip=cfg.get("grad_clip"), **common)
+    elif model == "gru":
+        layer = GRU(n_in, H, time_scale=time_scale, **common)
+    elif model == "pgru":
+        layer = PhasedGRU(n_in, H, **timing, **common)
+    else:
+        layer = PhasedLSTM(n_in, H, **timing, grad_clip=cfg.get("grad_clip"), **common)
+    if model in ("plstm", "lstm", "bnlstm"):  # gate blocks [i, f, g, o]
+        layer.params["b"][:H] = cfg.get("input_gate_bias", 0.0)
+    layers.append(layer)
     if cfg.get("readout", "linear") == "leaky_relu":  # the authors' read-out
         readout = Dense(H, spec.n_outputs, activation="leaky_relu", init="glorot_uniform",
                         dtype=dtype, rng=rng)
     else:
         readout = Dense(H, spec.n_outputs, dtype=dtype, rng=rng)
-    return Network([layer], readout, embedding=embedding, loss=spec.loss)
+    return Network(layers, readout, embedding=embedding, loss=spec.loss)
 
 
 # ----------------------------------------------------------------------------- one run

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from ... import config
+from ...layers import PhasedLSTM
 from ...network import Network
 from ...optim import check_adam_hyperparameters
 from ...validation import check_positive_int, check_sequence_inputs
@@ -143,6 +144,10 @@ def _kernels():
 def _check_network(net, what):
     if not isinstance(net, Network):
         raise TypeError(f"net must be a plstm_np.Network, got {type(net).__name__}")
+    for i, layer in enumerate(net.layers):
+        if not isinstance(layer, PhasedLSTM):
+            raise ValueError(f"{what} runs Phased LSTM and LSTM layers only, got layer{i} "
+                             f"{type(layer).__name__}; train it with plstm_np.train")
     if net.embedding is not None:
         raise ValueError(f"{what} does not support networks with an embedding (tokens) yet")
     if net.n_features == 0:

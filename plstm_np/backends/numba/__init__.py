@@ -56,13 +56,14 @@ from .arguments import (
 )
 from .backward import SPARSE_BACKWARD, backward_kernel, backward_sparse_kernel
 from .forward import forward_dense_kernel, forward_kernel, forward_kernel_serial
+from .gru_kernels import gru_backward, gru_forward
 from .intrinsics import SCREEN_MARGIN
 from .layouts import cached_layouts, from_neuron_major, prepare_params, to_neuron_major, token_table
 from .workspace import SerialBLAS, clear_workspace, num_chunks, packed_order, reusable
 
 __all__ = ["layer_forward", "layer_backward", "ensure_available", "to_neuron_major",
            "prepare_params", "stream_forward", "clear_workspace", "token_table",
-           "SCREEN_MARGIN"]
+           "SCREEN_MARGIN", "gru_forward", "gru_backward"]
 
 _threads_set = False
 
