@@ -89,6 +89,7 @@ def test_checkpoints_round_trip_every_model(kind, tmp_path):
     net.save(tmp_path / "net.npz", optimizer=opt)
     back, opt_back, _ = pl.load_checkpoint(tmp_path / "net.npz")
     assert [type(a) for a in back.layers] == [type(b) for b in net.layers]
+    assert back.config() == net.config()  # every hyper-parameter, the halves' included
     assert back.params.keys() == net.params.keys()
     for name, value in net.params.items():
         assert np.array_equal(back.params[name], value), name
