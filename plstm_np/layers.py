@@ -355,16 +355,6 @@ class LSTM(PhasedLSTM):
         return params
 
     @property
-    def output_size(self):
-        """Width of the hidden sequence the layer emits: ``hidden_size``."""
-        return self.hidden_size
-
-    @property
-    def state_sizes(self):
-        """Widths of the carried states ``(h, c)``: ``(hidden_size, hidden_size)``."""
-        return (self.hidden_size, self.hidden_size)
-
-    @property
     def gate_input_size(self):
         return self.input_size + int(self.time_input)
 
