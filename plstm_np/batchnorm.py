@@ -57,9 +57,8 @@ import numpy as np
 
 from .backends import check_backend
 from .validation import (
-    check_array,
+    check_backward,
     check_dtype,
-    check_finite,
     check_parameter,
     check_positive_int,
     check_sequence_inputs,
@@ -314,15 +313,8 @@ class BatchNorm:
             (B, T, input_size), of the layer's dtype. The running statistics' gradients
             are 0 in training mode and their true derivatives at evaluation.
         """
-        if not isinstance(cache, dict) or "layer" not in cache:
-            raise TypeError(f"cache must be the dict this layer's forward returned, got "
-                            f"{type(cache).__name__}")
-        if cache["layer"]["owner"] is not self:
-            raise ValueError("cache comes from another layer's forward: its gradients would "
-                             "be another layer's")
+        dh = check_backward(self, dh, cache)
         shape, dtype = cache["layer"]["shape"], cache["layer"]["dtype"]
-        dh = check_array(dh, "dh", shape=shape, dtype=dtype)
-        check_finite(dh, "dh")
         if dstate is not None and (not isinstance(dstate, (tuple, list)) or len(dstate)):
             raise TypeError(f"dstate must be None or () (BatchNorm has no state), got "
                             f"{type(dstate).__name__}"

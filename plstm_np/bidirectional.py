@@ -26,8 +26,7 @@ import numpy as np
 
 from .backends import check_backend
 from .validation import (
-    check_array,
-    check_finite,
+    check_backward,
     check_layer_state,
     check_sequence_inputs,
     valid_steps,
@@ -220,15 +219,8 @@ class Bidirectional:
         """Gradients of every parameter (keys of :attr:`params`), of ``x`` and of every
         initial state (``"fw_h0"``, ..., ``"bw_c0"``), given ``dh`` (B, T, output_size) and
         optionally ``dstate``, the gradients of the final states (a tuple, one per name)."""
-        if not isinstance(cache, dict) or "layer" not in cache:
-            raise TypeError(f"cache must be the dict this layer's forward returned, got "
-                            f"{type(cache).__name__}")
-        if cache["layer"]["owner"] is not self:
-            raise ValueError("cache comes from another layer's forward: its gradients would "
-                             "be another layer's")
+        dh = check_backward(self, dh, cache)
         B, T, _ = cache["layer"]["shape"]
-        dh = check_array(dh, "dh", shape=cache["layer"]["shape"], dtype=cache["layer"]["dtype"])
-        check_finite(dh, "dh")
         names = self.state_names
         if dstate is not None:
             dstate = check_layer_state(dstate, B, names, self.state_sizes, self.dtype,

@@ -45,12 +45,14 @@ from __future__ import annotations
 import numpy as np
 
 from .backends import check_backend, get_backend
+from .layers import TimeInput
 from .optim import R_ON_MIN, TAU_MIN
 from .reference import sigmoid
-from .time_gate import phase, time_gate_with_grads
+from .time_gate import phase, time_gate_with_grads, timing_gradients
 from .validation import (
     as_rng,
     check_array,
+    check_backward,
     check_dtype,
     check_finite,
     check_parameter,
@@ -213,10 +215,7 @@ def gru_backward(dh_seq, dh_T, cache):
     }
     gate = cache["gate"]
     if gate is not None:  # chain rule through k(t, tau, s, r_on); padded steps have k = 0
-        dk64 = np.where(cache["valid"][:, :, None], dk.astype(np.float64), 0.0)
-        grads["tau"] = (dk64 * gate.dk_dtau).sum((0, 1)).astype(dtype)
-        grads["s"] = (dk64 * gate.dk_ds).sum((0, 1)).astype(dtype)
-        grads["r_on"] = (dk64 * gate.dk_dr_on).sum((0, 1)).astype(dtype)
+        grads.update(timing_gradients(dk, gate, cache["valid"], dtype))
     return grads
 
 
@@ -428,16 +427,9 @@ class PhasedGRU:
         dict of ndarray
             Every parameter's gradient (keys of :attr:`params`), ``x`` and ``h0``.
         """
-        if not isinstance(cache, dict) or "layer" not in cache:
-            raise TypeError(f"cache must be the dict this layer's forward returned, got "
-                            f"{type(cache).__name__}")
-        if cache["layer"]["owner"] is not self:
-            raise ValueError("cache comes from another layer's forward: its gradients would "
-                             "be another layer's")
+        dh = check_backward(self, dh, cache)
         B, T, H = cache["layer"]["shape"]
         dtype = cache["layer"]["dtype"]
-        dh = check_array(dh, "dh", shape=(B, T, H), dtype=dtype)
-        check_finite(dh, "dh")
         dhT = None if dstate is None else _check_h(dstate, B, H, dtype, "dstate")
         _, backward = self._kernels(cache["backend"])
         return backward(dh, dhT, cache)
@@ -457,7 +449,7 @@ class PhasedGRU:
                 f"dtype={self.dtype.name}, backend={self.backend!r})")
 
 
-class GRU(PhasedGRU):
+class GRU(TimeInput, PhasedGRU):
     """The GRU baseline: a :class:`PhasedGRU` whose time gate is always open (``k = 1``).
 
     It receives the timestamp as an extra input feature (``t * time_scale`` appended after
@@ -485,31 +477,6 @@ class GRU(PhasedGRU):
         self.time_scale = check_real(time_scale, "time_scale")
         super().__init__(input_size, hidden_size, leak=0.0, init_std=init_std, dtype=dtype,
                          backend=backend, rng=rng)
-
-    def _init_gate_params(self, rng):
-        params = super()._init_gate_params(rng)
-        if self.time_input:
-            extra = rng.normal(0.0, self.init_std, (1, 3 * self.hidden_size)).astype(self.dtype)
-            params["Wx"] = np.concatenate([params["Wx"], extra])
-        return params
-
-    @property
-    def gate_input_size(self):
-        """``input_size``, + 1 with ``time_input``."""
-        return self.input_size + int(self.time_input)
-
-    def gate_inputs(self, x, t):
-        """``x`` with ``t * time_scale`` appended as a last feature (when ``time_input``)."""
-        if not self.time_input:
-            return x
-        feature = (t * self.time_scale).astype(self.dtype)[:, :, None]
-        return np.concatenate([x, feature], axis=2)
-
-    def backward(self, dh, cache, dstate=None):
-        grads = super().backward(dh, cache, dstate)
-        if self.time_input:
-            grads["x"] = np.ascontiguousarray(grads["x"][:, :, :self.input_size])
-        return grads
 
     def config(self):
         return dict(kind=type(self).__name__, input_size=self.input_size,

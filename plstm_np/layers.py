@@ -19,9 +19,8 @@ from .backends import check_backend, get_backend
 from .optim import R_ON_MIN, TAU_MIN
 from .validation import (
     as_rng,
-    check_array,
+    check_backward,
     check_dtype,
-    check_finite,
     check_parameter,
     check_positive_int,
     check_real,
@@ -32,7 +31,7 @@ from .validation import (
     per_neuron,
 )
 
-__all__ = ["PhasedLSTM", "LSTM"]
+__all__ = ["PhasedLSTM", "LSTM", "TimeInput"]
 
 
 def _check_grad_clip(value):
@@ -285,16 +284,9 @@ class PhasedLSTM:
         dict of ndarray
             Every parameter's gradient (keys of :attr:`params`), and ``x``, ``h0``, ``c0``.
         """
-        if not isinstance(cache, dict) or "layer" not in cache:
-            raise TypeError(f"cache must be the dict this layer's forward returned, got "
-                            f"{type(cache).__name__}")
-        if cache["layer"]["owner"] is not self:
-            raise ValueError("cache comes from another layer's forward: its gradients would "
-                             "be another layer's")
+        dh = check_backward(self, dh, cache)
         B, T, H = cache["layer"]["shape"]
         dtype = cache["layer"]["dtype"]
-        dh = check_array(dh, "dh", shape=(B, T, H), dtype=dtype)
-        check_finite(dh, "dh")
         if dstate is not None:
             dstate = check_state(dstate, B, H, dtype, name="dstate")
         backend = get_backend(cache["backend"])
@@ -320,7 +312,41 @@ class PhasedLSTM:
                 f"dtype={self.dtype.name}, backend={self.backend!r})")
 
 
-class LSTM(PhasedLSTM):
+class TimeInput:
+    """The baselines' timestamp input: mixed in before a recurrent layer class (``class
+    LSTM(TimeInput, PhasedLSTM)``), it appends ``t * time_scale`` to the input features when
+    the layer's ``time_input`` is set, adds the row of ``Wx`` that multiplies it (drawn like
+    the others, after them) and gives back the gradient of the features only. The layer sets
+    ``time_input`` and ``time_scale`` before its own initialisation."""
+
+    def _init_gate_params(self, rng):
+        params = super()._init_gate_params(rng)
+        if self.time_input:
+            width = params["Wx"].shape[1]
+            extra = rng.normal(0.0, self.init_std, (1, width)).astype(self.dtype)
+            params["Wx"] = np.concatenate([params["Wx"], extra])
+        return params
+
+    @property
+    def gate_input_size(self):
+        """``input_size``, + 1 with ``time_input``."""
+        return self.input_size + int(self.time_input)
+
+    def gate_inputs(self, x, t):
+        """``x`` with ``t * time_scale`` appended as a last feature (when ``time_input``)."""
+        if not self.time_input:
+            return x
+        feature = (t * self.time_scale).astype(self.dtype)[:, :, None]
+        return np.concatenate([x, feature], axis=2)
+
+    def backward(self, dh, cache, dstate=None):
+        grads = super().backward(dh, cache, dstate)
+        if self.time_input:
+            grads["x"] = np.ascontiguousarray(grads["x"][:, :, :self.input_size])
+        return grads
+
+
+class LSTM(TimeInput, PhasedLSTM):
     """The LSTM baseline: a :class:`PhasedLSTM` whose time gate is always open (``k = 1``).
 
     As in the paper, it receives the timestamp as an extra input feature (appended after
@@ -346,30 +372,6 @@ class LSTM(PhasedLSTM):
         self.time_scale = check_real(time_scale, "time_scale")
         super().__init__(input_size, hidden_size, leak=0.0, init_std=init_std,
                          grad_clip=grad_clip, dtype=dtype, backend=backend, rng=rng)
-
-    def _init_gate_params(self, rng):
-        params = super()._init_gate_params(rng)
-        if self.time_input:
-            extra = rng.normal(0.0, self.init_std, (1, 4 * self.hidden_size)).astype(self.dtype)
-            params["Wx"] = np.concatenate([params["Wx"], extra])
-        return params
-
-    @property
-    def gate_input_size(self):
-        return self.input_size + int(self.time_input)
-
-    def gate_inputs(self, x, t):
-        """``x`` with ``t * time_scale`` appended as a last feature (when ``time_input``)."""
-        if not self.time_input:
-            return x
-        feature = (t * self.time_scale).astype(self.dtype)[:, :, None]
-        return np.concatenate([x, feature], axis=2)
-
-    def backward(self, dh, cache, dstate=None):
-        grads = super().backward(dh, cache, dstate)
-        if self.time_input:
-            grads["x"] = np.ascontiguousarray(grads["x"][:, :, :self.input_size])
-        return grads
 
     def config(self):
         cfg = super().config()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .time_gate import time_gate_with_grads
+from .time_gate import time_gate_with_grads, timing_gradients
 from .validation import valid_steps
 
 __all__ = ["layer_forward", "layer_backward", "sigmoid"]
@@ -200,8 +200,5 @@ def layer_backward(dh_seq, dstate, cache, grad_clip=None):
     }
     gate = cache["gate"]
     if gate is not None:  # chain rule through k(t, tau, s, r_on); padded steps have k = 0
-        dk64 = np.where(cache["valid"][:, :, None], dk.astype(np.float64), 0.0)
-        grads["tau"] = (dk64 * gate.dk_dtau).sum((0, 1)).astype(dtype)
-        grads["s"] = (dk64 * gate.dk_ds).sum((0, 1)).astype(dtype)
-        grads["r_on"] = (dk64 * gate.dk_dr_on).sum((0, 1)).astype(dtype)
+        grads.update(timing_gradients(dk, gate, cache["valid"], dtype))
     return grads

@@ -31,7 +31,8 @@ import numpy as np
 
 from .validation import TINY
 
-__all__ = ["phase", "time_gate", "time_gate_with_grads", "TimeGateGrads", "kink_distance"]
+__all__ = ["phase", "time_gate", "time_gate_with_grads", "TimeGateGrads", "kink_distance",
+           "timing_gradients"]
 
 
 def _check_domain(a, ok, what):
@@ -157,6 +158,22 @@ def time_gate_with_grads(t, tau, s, r_on, leak=0.0) -> TimeGateGrads:
             dk_ds=-dk_dphi * dphi_dt,
             dk_dr_on=dk_dr_on,
         )
+
+
+def timing_gradients(dk, gate, valid, dtype):
+    """The gradients of ``tau``, ``s`` and ``r_on`` from ``dk`` = dL/dk (B, T, H), by the
+    chain rule through the gate's derivatives ``gate`` (:class:`TimeGateGrads`), summed in
+    float64 over the valid steps (``valid`` (B, T) bool) and cast to ``dtype``.
+
+    Returns
+    -------
+    dict
+        ``{"tau": (H,), "s": (H,), "r_on": (H,)}`` of ``dtype``.
+    """
+    dk64 = np.where(valid[:, :, None], dk.astype(np.float64), 0.0)
+    return {"tau": (dk64 * gate.dk_dtau).sum((0, 1)).astype(dtype),
+            "s": (dk64 * gate.dk_ds).sum((0, 1)).astype(dtype),
+            "r_on": (dk64 * gate.dk_dr_on).sum((0, 1)).astype(dtype)}
 
 
 def kink_distance(t, tau, s, r_on):

@@ -191,6 +191,21 @@ def check_state(state, B, H, dtype, name="state"):
     return h0, c0
 
 
+def check_backward(owner, dh, cache):
+    """Validate a layer's ``backward(dh, cache)`` inputs: ``cache`` is the dict the forward of
+    ``owner`` returned (its ``cache["layer"]`` names the owner, the output's shape and dtype)
+    and ``dh`` an array of that shape and dtype holding finite values. Returns ``dh``."""
+    if not isinstance(cache, dict) or "layer" not in cache:
+        raise TypeError(f"cache must be the dict this layer's forward returned, got "
+                        f"{type(cache).__name__}")
+    if cache["layer"]["owner"] is not owner:
+        raise ValueError("cache comes from another layer's forward: its gradients would "
+                         "be another layer's")
+    dh = check_array(dh, "dh", shape=cache["layer"]["shape"], dtype=cache["layer"]["dtype"])
+    check_finite(dh, "dh")
+    return dh
+
+
 def check_layer_state(state, B, names, sizes, dtype, name="state"):
     """Validate a layer's initial state: a tuple with one (B, size) array of ``dtype`` per
     name of ``names`` (a layer's ``state_names``, e.g. ``("h", "c")``); None gives zeros."""

@@ -110,3 +110,20 @@ def test_the_gate_derivatives_stay_finite_at_a_tiny_open_ratio(r_on):
     np.testing.assert_allclose(g.dk_dr_on, [0.0, -0.5 / r_on, 1.5 / r_on, 0.0], rtol=1e-14)
     for i, p in enumerate(phi):
         assert scalar_math.gate_dk_dr_on(p, r_on) == pytest.approx(g.dk_dr_on[i], rel=1e-14)
+
+
+def test_timing_gradients_sum_the_chain_rule_over_valid_steps(rng):
+    """Against a loop over (sample, step) written here, padding excluded."""
+    from plstm_np.time_gate import timing_gradients
+    B, T, H = 3, 4, 5
+    t = np.sort(rng.uniform(0, 20, (B, T)), axis=1)
+    tau, s, r_on = rng.uniform(1, 5, H), rng.uniform(0, 5, H), rng.uniform(0.2, 0.9, H)
+    gate = time_gate_with_grads(t[:, :, None], tau, s, r_on, 0.01)
+    dk = rng.normal(size=(B, T, H)).astype(np.float32)
+    valid = np.arange(T)[None] < np.array([4, 1, 0])[:, None]
+    got = timing_gradients(dk, gate, valid, np.float32)
+    for name, d in (("tau", gate.dk_dtau), ("s", gate.dk_ds), ("r_on", gate.dk_dr_on)):
+        expect = sum(dk[b, j].astype(np.float64) * d[b, j]
+                     for b in range(B) for j in range(T) if valid[b, j])
+        assert got[name].dtype == np.float32
+        np.testing.assert_allclose(got[name], expect, rtol=1e-6, err_msg=name)
