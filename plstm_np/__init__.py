@@ -6,8 +6,9 @@ Event-based Sequences", NIPS 2016. The README gives a tour; the modules read lik
 - :mod:`plstm_np.time_gate`: the time gate (eq. 6) and its derivatives.
 - :mod:`plstm_np.reference`: one layer's forward and hand-derived BPTT in NumPy.
 - :mod:`plstm_np.layers`, :mod:`plstm_np.network`: layers, read-out, embedding, network.
-- :mod:`plstm_np.gru`, :mod:`plstm_np.batchnorm`, :mod:`plstm_np.bidirectional`: the Phased
-  GRU and GRU, batch normalisation of sequences (the BN-LSTM), bidirectional layers.
+- :mod:`plstm_np.gru`, :mod:`plstm_np.batchnorm`, :mod:`plstm_np.time_feature`,
+  :mod:`plstm_np.bidirectional`: the Phased GRU and GRU, batch normalisation of sequences
+  and the timestamp as a feature (the BN-LSTM), bidirectional layers.
 - :mod:`plstm_np.losses`, :mod:`plstm_np.optim`: losses, Adam, clipping, constraints.
 - :mod:`plstm_np.gradcheck`: gradient checking against central differences.
 - :mod:`plstm_np.io`: save and load.
@@ -25,6 +26,7 @@ from .losses import mean_squared_error, softmax_cross_entropy
 from .network import Dense, Embedding, Network
 from .optim import Adam, clip_grad_norm
 from .tasks import TASKS, train_val_split
+from .time_feature import TimeFeature
 from .time_gate import kink_distance, phase, time_gate, time_gate_with_grads
 from .training import train
 

@@ -32,8 +32,9 @@ every valid ``x``. On padding ``dL/dx = 0``.
 
 Relation to the authors' code (dannyneil/public_plstm, ``bnlstm.py`` and ``freq_task.py``):
 their BN-LSTM puts a Lasagne ``BatchNormLayer(input_shape, axes=(0, 1))`` on the LSTM's input,
-which is ``ConcatLayer([x, t])``: the timestamp feature is normalised too (put this layer in
-front of an :class:`~plstm_np.LSTM` whose input already holds ``t`` to get that). Lasagne's
+which is ``ConcatLayer([x, t])``: the timestamp feature is normalised too
+(:class:`~plstm_np.TimeFeature` in front of this layer gives that, and ``--model bnlstm``
+is built so). Lasagne's
 defaults are kept (``alpha`` = ``momentum`` = 0.1, ``epsilon`` = ``eps`` = 1e-4, biased batch
 variance). Three differences, on purpose: (1) Lasagne's statistics include the padded steps
 (its ``BatchNormLayer`` never sees the mask); here they do not. (2) Lasagne keeps a running
@@ -59,6 +60,7 @@ from .backends import check_backend
 from .validation import (
     check_backward,
     check_dtype,
+    check_layer_state,
     check_parameter,
     check_positive_int,
     check_sequence_inputs,
@@ -232,10 +234,7 @@ class BatchNorm:
         """
         x, t, lengths = check_sequence_inputs(x, t, lengths, input_size=self.input_size,
                                               dtype=self.dtype)
-        if state is not None and (not isinstance(state, (tuple, list)) or len(state)):
-            raise TypeError(f"state must be None or () (BatchNorm has no state), got "
-                            f"{type(state).__name__}"
-                            + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
+        check_layer_state(state, x.shape[0], (), (), self.dtype)
         return self.forward_validated(x, t, lengths, training=training)
 
     def forward_validated(self, x, t, lengths, training=True):
@@ -315,11 +314,7 @@ class BatchNorm:
         """
         dh = check_backward(self, dh, cache)
         shape, dtype = cache["layer"]["shape"], cache["layer"]["dtype"]
-        if dstate is not None and (not isinstance(dstate, (tuple, list)) or len(dstate)):
-            raise TypeError(f"dstate must be None or () (BatchNorm has no state), got "
-                            f"{type(dstate).__name__}"
-                            + (f" of {len(dstate)}" if isinstance(dstate, (tuple, list))
-                               else ""))
+        check_layer_state(dstate, dh.shape[0], (), (), self.dtype, name="dstate")
         valid, N = cache["valid"], cache["n_valid"]
         x_hat, inv_std, gamma = cache["x_hat"], cache["inv_std"], cache["gamma"]
         g = dh[valid].astype(np.float64)  # (N, D)

@@ -167,8 +167,8 @@ def build_parser():
                    help=f"one of {', '.join(tasks)} (default frequency)")
     p.add_argument("--model", choices=list(ex.MODELS), default="plstm",
                    help="plstm (Phased LSTM), lstm or bnlstm (the paper's baselines, "
-                   "timestamp as an input; bnlstm batch-normalises the inputs), pgru (Phased "
-                   "GRU) or gru (its baseline)")
+                   "timestamp as an input; bnlstm batch-normalises the inputs and the "
+                   "timestamp), pgru (Phased GRU) or gru (its baseline)")
     p.add_argument("--sampling", choices=["standard", "high_res", "async"],
                    help="frequency tasks: 1 ms, 0.1 ms or asynchronous sampling (default async)")
     p.add_argument("--tau-range", type=_finite_float, nargs=2, metavar=("LO", "HI"),

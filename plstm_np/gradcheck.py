@@ -98,7 +98,8 @@ def check_gradients(model, batch, *, names=None, eps=1e-4, training=True, rng=0)
 
     Parameters
     ----------
-    model : a sequence layer (PhasedLSTM, LSTM, PhasedGRU, GRU, BatchNorm, Bidirectional)
+    model : a sequence layer (PhasedLSTM, LSTM, PhasedGRU, GRU, BatchNorm, TimeFeature,
+        Bidirectional)
         or a Network
         Must be float64. A layer is checked on ``loss = sum(h * w) + sum_k sum(s_k * u_k)``
         over its final states ``s_k`` (``h_T``, ``c_T`` for a Phased LSTM), with fixed random

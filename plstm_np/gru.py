@@ -51,10 +51,9 @@ from .reference import sigmoid
 from .time_gate import phase, time_gate_with_grads, timing_gradients
 from .validation import (
     as_rng,
-    check_array,
     check_backward,
     check_dtype,
-    check_finite,
+    check_layer_state,
     check_parameter,
     check_positive_int,
     check_real,
@@ -66,22 +65,6 @@ from .validation import (
 )
 
 __all__ = ["PhasedGRU", "GRU", "gru_forward", "gru_backward"]
-
-
-# ---------------------------------------------------------------------- argument checks
-def _check_h(state, B, H, dtype, name):
-    """A one-array state tuple ``(h,)`` checked (shape (B, H), ``dtype``, finite); None
-    gives zeros."""
-    if state is None:
-        return np.zeros((B, H), dtype)
-    if not isinstance(state, (tuple, list)) or len(state) != 1:
-        raise TypeError(f"{name} must be a tuple (h,) of one array or None, got "
-                        f"{type(state).__name__}"
-                        + (f" of length {len(state)}" if isinstance(state, (tuple, list))
-                           else ""))
-    h = check_array(state[0], f"{name}[0]", shape=(B, H), dtype=dtype)
-    check_finite(h, f"{name}[0]")
-    return h
 
 
 # ---------------------------------------------------------------------- NumPy reference
@@ -385,7 +368,7 @@ class PhasedGRU:
         """
         x, t, lengths = check_sequence_inputs(x, t, lengths, input_size=self.input_size,
                                               dtype=self.dtype)
-        h0 = _check_h(state, x.shape[0], self.hidden_size, self.dtype, "state")
+        (h0,) = check_layer_state(state, x.shape[0], ("h",), (self.hidden_size,), self.dtype)
         return self.forward_validated(x, t, lengths, h0, training=training)
 
     def forward_validated(self, x, t, lengths, h0, training=True):
@@ -430,7 +413,8 @@ class PhasedGRU:
         dh = check_backward(self, dh, cache)
         B, T, H = cache["layer"]["shape"]
         dtype = cache["layer"]["dtype"]
-        dhT = None if dstate is None else _check_h(dstate, B, H, dtype, "dstate")
+        dhT = (None if dstate is None
+               else check_layer_state(dstate, B, ("h",), (H,), dtype, "dstate")[0])
         _, backward = self._kernels(cache["backend"])
         return backward(dh, dhT, cache)
 

@@ -30,14 +30,15 @@ from .gru import GRU, PhasedGRU
 from .layers import LSTM, PhasedLSTM
 from .network import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Dense, Embedding, Network
 from .optim import Adam
+from .time_feature import TimeFeature
 
 __all__ = ["save", "load", "load_checkpoint", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = CHECKPOINT_FORMAT
 FORMAT_VERSION = CHECKPOINT_VERSION
 _KINDS = {"PhasedLSTM": PhasedLSTM, "LSTM": LSTM, "PhasedGRU": PhasedGRU, "GRU": GRU,
-          "BatchNorm": BatchNorm, "Bidirectional": Bidirectional, "Dense": Dense,
-          "Embedding": Embedding}
+          "BatchNorm": BatchNorm, "TimeFeature": TimeFeature, "Bidirectional": Bidirectional,
+          "Dense": Dense, "Embedding": Embedding}
 #: The kinds built with a seed (their parameters are overwritten by the saved ones).
 _SEEDED = {"PhasedLSTM", "LSTM", "PhasedGRU", "GRU", "Dense", "Embedding"}
 #: The entries every checkpoint's metadata holds, and their JSON types.

@@ -17,6 +17,7 @@ import numpy as np
 
 from .backends import check_backend, get_backend
 from .optim import R_ON_MIN, TAU_MIN
+from .time_feature import append_time
 from .validation import (
     as_rng,
     check_backward,
@@ -334,10 +335,7 @@ class TimeInput:
 
     def gate_inputs(self, x, t):
         """``x`` with ``t * time_scale`` appended as a last feature (when ``time_input``)."""
-        if not self.time_input:
-            return x
-        feature = (t * self.time_scale).astype(self.dtype)[:, :, None]
-        return np.concatenate([x, feature], axis=2)
+        return append_time(x, t, self.time_scale, self.dtype) if self.time_input else x
 
     def backward(self, dh, cache, dstate=None):
         grads = super().backward(dh, cache, dstate)

@@ -181,8 +181,9 @@ class Network:
     ----------
     layers : list of sequence layers
         :class:`PhasedLSTM`, :class:`LSTM`, :class:`~plstm_np.PhasedGRU`,
-        :class:`~plstm_np.GRU`, :class:`~plstm_np.BatchNorm`, :class:`~plstm_np.Bidirectional`,
-        or any object of the layer protocol (see :data:`LAYER_PROTOCOL`).
+        :class:`~plstm_np.GRU`, :class:`~plstm_np.BatchNorm`, :class:`~plstm_np.TimeFeature`,
+        :class:`~plstm_np.Bidirectional`, or any object of the layer protocol (see
+        :data:`LAYER_PROTOCOL`).
         ``layers[0].input_size`` = ``embedding.dim`` (if any) + number of input features;
         ``layers[i].input_size`` = ``layers[i-1].output_size``.
     readout : Dense
@@ -212,7 +213,7 @@ class Network:
             missing = [name for name in LAYER_PROTOCOL if not hasattr(layer, name)]
             if missing:
                 raise TypeError(f"layers[{i}] must be a sequence layer (PhasedLSTM, LSTM, "
-                                f"PhasedGRU, GRU, BatchNorm, Bidirectional), got "
+                                f"PhasedGRU, GRU, BatchNorm, TimeFeature, Bidirectional), got "
                                 f"{type(layer).__name__} without {', '.join(missing)}")
         if not isinstance(readout, Dense):
             raise TypeError(f"readout must be a Dense layer, got {type(readout).__name__}")

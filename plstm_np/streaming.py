@@ -94,7 +94,7 @@ class Stream:
             self.layers = [model]
         else:
             raise TypeError(f"model must be a Network or a sequence layer (PhasedLSTM, LSTM, "
-                            f"PhasedGRU, GRU, BatchNorm), got {type(model).__name__}")
+                            f"PhasedGRU, GRU, BatchNorm, TimeFeature), got {type(model).__name__}")
         for i, layer in enumerate(self.layers):
             if not layer.streamable:
                 raise ValueError(f"layer{i} ({type(layer).__name__}) cannot stream: it needs "

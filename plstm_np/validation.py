@@ -213,7 +213,8 @@ def check_layer_state(state, B, names, sizes, dtype, name="state"):
     if state is None:
         return tuple(np.zeros((B, size), dtype) for size in sizes)
     if not isinstance(state, (tuple, list)) or len(state) != len(names):
-        raise TypeError(f"{name} must be a tuple ({', '.join(labels)}) or None, got "
+        expected = f"a tuple ({', '.join(labels)})" if names else "() (the layer has no state)"
+        raise TypeError(f"{name} must be None or {expected}, got "
                         f"{type(state).__name__}"
                         + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
     out = []

@@ -381,13 +381,13 @@ def test_bad_inputs_name_the_argument(backend):
         layer.forward(x, t.astype(np.float32))
     with pytest.raises(ValueError, match="lengths must lie in"):
         layer.forward(x, t, np.array([9, 1, 0, 1]))
-    with pytest.raises(ValueError, match=r"state\[0\] must have shape \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"state\[0\] \(h0\) must have shape \(4, 3\)"):
         layer.forward(x, t, state=(np.zeros((4, 4)),))
-    with pytest.raises(TypeError, match=r"state must be a tuple \(h,\)"):
+    with pytest.raises(TypeError, match=r"state must be None or a tuple \(h0\)"):
         layer.forward(x, t, state=(np.zeros((4, 3)), np.zeros((4, 3))))
-    with pytest.raises(TypeError, match=r"state must be a tuple \(h,\)"):
+    with pytest.raises(TypeError, match=r"state must be None or a tuple \(h0\)"):
         layer.forward(x, t, state=np.zeros((4, 3)))
-    with pytest.raises(ValueError, match=r"state\[0\] has a non-finite value"):
+    with pytest.raises(ValueError, match=r"state\[0\] \(h0\) has a non-finite value"):
         layer.forward(x, t, state=(np.full((4, 3), np.nan),))
 
     h, _, cache = layer.forward(x, t, lengths)
@@ -397,7 +397,7 @@ def test_bad_inputs_name_the_argument(backend):
         layer.backward(h.astype(np.float32), cache)
     with pytest.raises(ValueError, match="dh has a non-finite value"):
         layer.backward(np.full_like(h, np.nan), cache)
-    with pytest.raises(ValueError, match=r"dstate\[0\] must have shape"):
+    with pytest.raises(ValueError, match=r"dstate\[0\] \(h0\) must have shape"):
         layer.backward(h, cache, (np.zeros((4, 2)),))
     other = phased_layer(backend, rng)
     with pytest.raises(ValueError, match="another layer"):

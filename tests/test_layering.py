@@ -51,6 +51,7 @@ LAYERS = {
     "plstm_np.gru": 3,
     "plstm_np.batchnorm": 3,
     "plstm_np.bidirectional": 3,
+    "plstm_np.time_feature": 3,
     # 4: streaming inference, below the network that offers it (Network.stream)
     "plstm_np.streaming": 4,
     # 5: the network

@@ -16,8 +16,9 @@ def _stack(kind, D, backend, rng, dtype=np.float64):
     """Layers of one kind of model, input D, with widths 4 then 3 (and their output size)."""
     common = dict(dtype=dtype, backend=backend, rng=rng)
     if kind == "bnlstm":
-        return [pl.BatchNorm(D, dtype=dtype, backend=backend), pl.LSTM(D, 4, **common),
-                pl.PhasedLSTM(4, 3, **common)], 3
+        return [pl.TimeFeature(D, time_scale=0.3, dtype=dtype, backend=backend),
+                pl.BatchNorm(D + 1, dtype=dtype, backend=backend),
+                pl.LSTM(D + 1, 4, time_input=False, **common), pl.PhasedLSTM(4, 3, **common)], 3
     if kind == "pgru":
         return [pl.PhasedGRU(D, 4, **common), pl.PhasedGRU(4, 3, **common)], 3
     if kind == "gru":
@@ -101,14 +102,14 @@ def test_batch_norm_running_statistics_are_saved_and_used(tmp_path):
     rng = np.random.default_rng(6)
     net = _network("bnlstm", "numpy", rng)
     batch = make_batch(net, rng, B=6)
-    bn = net.layers[0]
+    bn = net.layers[1]
     before = bn.params["running_mean"].copy()
     net.loss_and_grads(batch)  # a training forward updates them
     assert not np.array_equal(bn.params["running_mean"], before)
-    assert "layer0.running_mean" in pl.Adam(net).frozen  # never stepped by the optimizer
+    assert "layer1.running_mean" in pl.Adam(net).frozen  # never stepped by the optimizer
     net.save(tmp_path / "bn.npz")
     back = pl.load(tmp_path / "bn.npz")
-    np.testing.assert_array_equal(back.layers[0].params["running_var"], bn.params["running_var"])
+    np.testing.assert_array_equal(back.layers[1].params["running_var"], bn.params["running_var"])
     np.testing.assert_array_equal(back.predict(batch), net.predict(batch))
 
 
@@ -157,7 +158,7 @@ def test_the_experiments_build_and_train_every_model(model, tmp_path):
                             batch_size=4, epochs=1, max_batches=2)
     net = ex.build_model(cfg)
     kinds = [type(layer).__name__ for layer in net.layers]
-    assert kinds == {"bnlstm": ["BatchNorm", "LSTM"], "pgru": ["PhasedGRU"],
+    assert kinds == {"bnlstm": ["TimeFeature", "BatchNorm", "LSTM"], "pgru": ["PhasedGRU"],
                      "gru": ["GRU"]}[model]
     run = ex.run_training(cfg, tmp_path, progress=False)
     assert len(run["history"]) == 1 and np.isfinite(run["history"][0]["val_loss"])

@@ -4,7 +4,8 @@ training into a run folder, and evaluating the checkpoint it leaves.
 - :func:`make_data`, :func:`make_val_data`: the train and validation sets of a
   configuration, regenerated exactly from its seed.
 - :func:`resolve_backend`, :func:`build_model`: the kernels that can run here, and the
-  paper's architecture for a task (Phased LSTM or the LSTM baseline).
+  paper's architecture for a task (Phased LSTM, or a baseline: LSTM, BN-LSTM; or a
+  Phased GRU, GRU).
 - :func:`run_training`: one run (what ``plstm-np train`` does): data, model,
   :func:`plstm_np.train`, and a run folder with ``checkpoint.npz``, ``log.json`` and
   ``config.json``.
@@ -26,7 +27,11 @@ task              Phased LSTM                              tau ~ exp(U(lo, hi)) 
 ================  =======================================  =======================  ======
 
 r_on starts at 0.05 and the leak alpha = 1e-3 everywhere. The LSTM baseline has the same
-size and receives the timestamp as an extra input, multiplied by ``time_scale``. The rest of
+size and receives the timestamp as an extra input, multiplied by ``time_scale``. The BN-LSTM
+(``model="bnlstm"``) is the authors': the input with the timestamp appended, ``[x, t *
+time_scale]`` (:class:`~plstm_np.TimeFeature`), batch-normalised
+(:class:`~plstm_np.BatchNorm`), then that LSTM without its own time input. The Phased GRU
+and GRU (``pgru``, ``gru``) replace the cell and keep the rest. The rest of
 a task's protocol (r_on learned, fresh data every epoch, gradient clipping, the read-out,
 the input-gate bias, the dtype) comes from its :class:`~plstm_np.experiments.TaskSpec`;
 ``results/README.md`` says, for each setting, whether it is the paper's or the authors'
@@ -56,6 +61,7 @@ from ..network import Dense, Embedding, Network
 from ..nmnist import NUM_ADDRESSES, load_nmnist, to_dataset
 from ..optim import Adam
 from ..tasks import TASKS, multirate_timing, train_val_split
+from ..time_feature import TimeFeature
 from ..training import train
 from .configs import SAMPLED_TASKS, TASK_SPECS
 from .run_folders import RunLog, inspect_run, numba_threads, read_state, remove_run_files
@@ -229,9 +235,11 @@ def build_model(cfg):
         timing = dict(tau_exp_range=tuple(cfg["tau_exp_range"]), r_on=cfg["r_on"],
                       learn_r_on=bool(cfg.get("learn_r_on", False)))
     layers = []
-    if model == "bnlstm":  # the authors' BN-LSTM: the inputs batch-normalised, then an LSTM
-        layers.append(BatchNorm(n_in, dtype=dtype, backend=backend))
-    if model in ("lstm", "bnlstm"):
+    if model == "bnlstm":  # the authors' BN-LSTM: [x, t] batch-normalised, then an LSTM
+        layers += [TimeFeature(n_in, time_scale=time_scale, dtype=dtype, backend=backend),
+                   BatchNorm(n_in + 1, dtype=dtype, backend=backend)]
+        layer = LSTM(n_in + 1, H, time_input=False, grad_clip=cfg.get("grad_clip"), **common)
+    elif model == "lstm":
         layer = LSTM(n_in, H, time_scale=time_scale, grad_clip=cfg.get("grad_clip"), **common)
     elif model == "gru":
         layer = GRU(n_in, H, time_scale=time_scale, **common)
