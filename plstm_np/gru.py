@@ -38,7 +38,8 @@ computed (``cache["reset_gates"]`` counts them); at a step where none is, nothin
 
 Backends: ``numpy`` (:func:`gru_forward`, :func:`gru_backward`, below) and ``numba``
 (:mod:`plstm_np.backends.numba.gru_kernels`, which skips the closed neurons' update and
-candidate gates). There is no ``cuda`` backend for this layer: it raises NotImplementedError.
+candidate gates) and ``cuda`` (:mod:`plstm_np.backends.cuda.gru_kernels`): the forward only,
+for inference; the backward of a ``cuda`` forward raises NotImplementedError.
 """
 from __future__ import annotations
 
@@ -225,8 +226,8 @@ class PhasedGRU:
     init_std : float
         Standard deviation of the normal init of ``Wx`` and ``Wh``; biases start at 0.
     dtype : float32 or float64
-    backend : {'numpy', 'numba'}
-        ('cuda' is accepted as a name, but running raises NotImplementedError.)
+    backend : {'numpy', 'numba', 'cuda'}
+        'cuda' runs the forward only (inference); its backward raises NotImplementedError.
     rng : numpy.random.Generator, int or None
 
     Attributes
@@ -291,7 +292,7 @@ class PhasedGRU:
 
     @property
     def backend(self):
-        """'numpy' or 'numba' ('cuda' may be set, e.g. by a network, but cannot run)."""
+        """'numpy', 'numba' or 'cuda' (forward only)."""
         return self._backend
 
     @backend.setter
@@ -338,11 +339,8 @@ class PhasedGRU:
         """The forward and backward functions of ``backend``."""
         if backend == "numpy":
             return gru_forward, gru_backward
-        if backend == "numba":
-            numba_backend = get_backend("numba")  # loads Numba on first use only
-            return numba_backend.gru_forward, numba_backend.gru_backward
-        raise NotImplementedError(f"{type(self).__name__} has no {backend!r} backend (only "
-                                  f"'numpy' and 'numba'): set backend='numba' or 'numpy'")
+        compiled = get_backend(backend)  # loads Numba (or numba.cuda) on first use only
+        return compiled.gru_forward, compiled.gru_backward
 
     def forward(self, x, t, lengths=None, state=None, training=True):
         """Run the layer over a batch of sequences.

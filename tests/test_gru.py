@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from plstm_np import config
 from plstm_np.backends.numba import gru_kernels
 from plstm_np.gradcheck import numerical_gradient, relative_error
 from plstm_np.gru import GRU, PhasedGRU
@@ -445,15 +446,55 @@ def test_bad_constructor_arguments(kwargs, error, words):
         PhasedGRU(**args)
 
 
-def test_bad_gru_arguments_and_no_cuda_backend():
+def test_bad_gru_arguments():
     with pytest.raises(ValueError, match="time_scale must be a finite number"):
         GRU(2, 3, time_scale=np.nan)
     with pytest.raises(TypeError, match="time_input must be True or False"):
         GRU(2, 3, time_input="yes")
-    x, t = np.zeros((1, 2, 2)), np.zeros((1, 2))
-    for layer in (PhasedGRU(2, 3, backend="cuda"), GRU(2, 3, backend="cuda")):
-        with pytest.raises(NotImplementedError, match=f"{type(layer).__name__} has no 'cuda'"):
-            layer.forward(x, t)
+
+
+# ----------------------------------------------------------------------------- cuda forward
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("leak, training, gate_open", [(1e-3, True, False), (0.0, False, False),
+                                                       (0.0, True, True)])
+def test_cuda_forward_matches_numpy(dtype, leak, training, gate_open, monkeypatch):
+    """On the GPU, or on the simulator (conftest.py): blocks of 2 threads, so the 6 neurons
+    span thread strides; NaN padding, an empty and a one-step sequence."""
+    monkeypatch.setattr(config, "CUDA_THREADS_PER_BLOCK", 2)
+    results = {}
+    for backend in ("numpy", "cuda"):
+        rng = np.random.default_rng(12)
+        if gate_open:
+            layer = randomize(GRU(2, 6, time_scale=0.1, dtype=dtype, backend=backend,
+                                  rng=rng), rng)
+        else:
+            layer = phased_layer(backend, rng, dtype=dtype, leak=leak, D=2, H=6,
+                                 r_on_range=(0.1, 0.5))
+        x, t, lengths = inputs(layer, rng, B=4, T=6, off_kinks=False, pad_value=np.nan)
+        h0 = rng.normal(size=(4, 6)).astype(dtype)
+        h, (hT,), cache = layer.forward(x, t, lengths, (h0,), training=training)
+        results[backend] = h, hT, cache["updates"]
+    (h, hT, updates), expected = results["cuda"], results["numpy"]
+    assert_close(h, expected[0], "cuda", dtype, "h")
+    assert_close(hT, expected[1], "cuda", dtype, "h_T")
+    assert updates == expected[2]
+    if not (gate_open or training):  # the skipping case: some neurons were skipped
+        assert 0 < updates < lengths.sum() * 6
+
+
+def test_cuda_forward_carries_closed_neurons_and_refuses_a_backward():
+    rng = np.random.default_rng(14)
+    layer = phased_layer("cuda", rng, H=5, r_on_range=(0.05, 0.2))
+    x, t, lengths = inputs(layer, rng, B=3, T=5)
+    h, _, cache = layer.forward(x, t, lengths, training=False)
+    p = layer.params
+    closed = phase(t[:, :, None], p["tau"], p["s"]) >= p["r_on"]
+    h_prev = np.concatenate([np.zeros((3, 1, 5)), h[:, :-1]], axis=1)
+    valid = valid_mask(lengths, 5)[:, :, None]
+    assert (closed & valid).any()
+    np.testing.assert_array_equal(h[closed & valid], h_prev[closed & valid])
+    with pytest.raises(NotImplementedError, match="forward pass only"):
+        layer.backward(np.ones_like(h), cache)
 
 
 # ----------------------------------------------------------------------------- protocol

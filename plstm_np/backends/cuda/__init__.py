@@ -7,11 +7,13 @@ Same equations, names and contract as :mod:`plstm_np.reference`; the scalar math
   over the sequence) and how they are launched;
 - :mod:`~plstm_np.backends.cuda.device`: parameters and activations on device arrays
   (:class:`DeviceLayer`, :func:`forward_device`, :func:`backward_device`);
+- :mod:`~plstm_np.backends.cuda.gru_kernels`: the Phased GRU's forward (no backward yet);
 - :mod:`~plstm_np.backends.cuda.training`: device-resident training and batched streaming
   inference (:class:`~plstm_np.backends.cuda.training.CudaTrainer`,
   :class:`~plstm_np.backends.cuda.training.CudaStreamer`);
 - this module: availability and the host-array contract of :mod:`plstm_np.backends`
-  (:func:`layer_forward`, :func:`layer_backward`).
+  (:func:`layer_forward`, :func:`layer_backward`, and the Phased GRU's :func:`gru_forward`,
+  :func:`gru_backward`).
 
 numba-cuda is optional: this module imports without it, and :func:`ensure_available` raises
 :class:`plstm_np.backends.BackendUnavailableError` saying why the backend cannot run (the
@@ -23,11 +25,13 @@ from __future__ import annotations
 import numpy as np
 
 from .. import BackendUnavailableError
+from . import gru_kernels
 from .device import DeviceLayer, backward_device, forward_device, to_device, zeros
 from .kernels import IMPORT_ERROR, cuda
 
 __all__ = [
-    "ensure_available", "is_simulator", "layer_forward", "layer_backward", "DeviceLayer",
+    "ensure_available", "is_simulator", "layer_forward", "layer_backward", "gru_forward",
+    "gru_backward", "DeviceLayer",
     "forward_device", "backward_device", "to_device", "zeros",
 ]
 
@@ -92,3 +96,16 @@ def layer_backward(dh_seq, dstate, cache, grad_clip=None):
         dhT, dcT = to_device(dstate[0]), to_device(dstate[1])
     grads = backward_device(fwd, to_device(dh_seq), dhT, dcT, grad_clip=grad_clip)
     return {name: value.copy_to_host() for name, value in grads.items()}
+
+
+def gru_forward(params, x, t, lengths, h0, leak, gate_open=False):
+    """The Phased GRU's forward on host arrays (the contract of
+    :func:`plstm_np.gru.gru_forward`): :func:`~plstm_np.backends.cuda.gru_kernels.gru_forward`
+    once the backend is known to run."""
+    ensure_available()
+    return gru_kernels.gru_forward(params, x, t, lengths, h0, leak, gate_open)
+
+
+def gru_backward(dh_seq, dh_T, cache):
+    """Not built: raises NotImplementedError (the Phased GRU has a CUDA forward only)."""
+    return gru_kernels.gru_backward(dh_seq, dh_T, cache)

@@ -46,12 +46,13 @@ except Exception as err:  # noqa: BLE001  (ImportError, or the CUDA bindings fai
     cuda = None
     IMPORT_ERROR = err
 
-__all__ = ["kernels", "weight_grad_kernel", "N_PART", "cuda", "IMPORT_ERROR"]
+__all__ = ["kernels", "device_functions", "weight_grad_kernel", "N_PART", "cuda",
+           "IMPORT_ERROR"]
 
 N_PART = 6  # per-neuron gradient rows: w_ci, w_cf, w_co, tau, s, r_on
 
 
-def _device_functions():
+def device_functions():
     """scalar_math compiled with ``cuda.jit(device=True)``.
 
     The plain functions call each other through their module globals (gate_openness calls
@@ -71,7 +72,7 @@ def _device_functions():
 @functools.cache
 def kernels():
     """Compile (lazily, on first use) the dtype-generic kernels."""
-    dev = _device_functions()
+    dev = device_functions()
     phase, cell_forward, cell_backward = dev["phase"], dev["cell_forward"], dev["cell_backward"]
     gate_openness, gate_dk_dphi, gate_dk_dr_on = (dev["gate_openness"], dev["gate_dk_dphi"],
                                                   dev["gate_dk_dr_on"])
