@@ -13,6 +13,8 @@ One run times, on the same shapes and data:
 - evaluation throughput of the Numba kernel against r_on (skipping pays);
 - training with the leak switched off (alpha = 0) against r_on: the backward skips too;
 - the peak memory (tracemalloc) of one training step and what BPTT stores;
+- the Phased GRU against the Phased LSTM, interleaved on the same data: training (with the
+  leak, and leak-free) and streaming, at r_on = 0.05 and r_on = 1 (the gate always open);
 - the same training step in JAX (``jax_plstm.py``): the recurrence a jit-compiled
   ``lax.scan``, ``jax.grad``, Adam compiled into the same step.
 
@@ -80,8 +82,8 @@ def training_problem(rng, B=32, T=125, H=110, dtype=np.float32):
     return pl.Dataset(x, t, y)
 
 
-def make_train_net(backend, H=110, dtype=np.float32, leak=1e-3, r_on=0.05):
-    layer = pl.PhasedLSTM(1, H, r_on=r_on, dtype=dtype, backend=backend, rng=0, leak=leak)
+def make_train_net(backend, H=110, dtype=np.float32, leak=1e-3, r_on=0.05, cell=pl.PhasedLSTM):
+    layer = cell(1, H, r_on=r_on, dtype=dtype, backend=backend, rng=0, leak=leak)
     return pl.Network([layer], pl.Dense(H, 2, dtype=dtype, rng=1))
 
 
@@ -92,11 +94,59 @@ def events_problem(rng, n_events, n_tokens=2 * 34 * 34, duration_ms=300.0):
     return t, tokens, polarity
 
 
-def make_stream_net(r_on, H=110, n_tokens=2 * 34 * 34, dtype=np.float32):
+def make_stream_net(r_on, H=110, n_tokens=2 * 34 * 34, dtype=np.float32, cell=pl.PhasedLSTM):
     emb = pl.Embedding(n_tokens, 40, dtype=dtype, rng=2)
-    layer = pl.PhasedLSTM(41, H, r_on=r_on, tau_exp_range=(0.0, 3.0), dtype=dtype,
-                          backend="numba", rng=3)
+    layer = cell(41, H, r_on=r_on, tau_exp_range=(0.0, 3.0), dtype=dtype, backend="numba",
+                 rng=3)
     return pl.Network([layer], pl.Dense(H, 10, dtype=dtype, rng=4), embedding=emb)
+
+
+# ---------------------------------------------------------------------------- Phased GRU
+def gru_rows(data, events, packet, repeats):
+    """The Phased GRU against the Phased LSTM (Numba, float32, 110 units), each pair timed
+    interleaved on the same data: a training step (Adam included) with the leak 1e-3 and
+    leak-free, and streaming of the N-MNIST-shaped events, at r_on = 0.05 and 1."""
+    B, T = data.t.shape
+    t_ev, tokens, polarity = events
+    cells = {"plstm": pl.PhasedLSTM, "pgru": pl.PhasedGRU}
+    rows = {}
+    for r_on in (0.05, 1.0):
+        for leak in (1e-3, 0.0):
+            steps = []
+            for cell in cells.values():
+                net = make_train_net("numba", leak=leak, r_on=r_on, cell=cell)
+                opt = Adam(net)
+
+                def step(net=net, opt=opt):  # defaults bind this iteration's net and opt
+                    _, grads = net.loss_and_grads(data)
+                    opt.step({k: v for k, v in grads.items() if k in net.params})
+
+                steps.append(step)
+            key = f"train_r_on_{r_on}_leak_{leak:g}"
+            times = interleaved_times(steps, 2 * repeats)
+            rows[key] = {name: dict(seconds=best, median_seconds=median,
+                                    sample_steps_per_s=B * T / best)
+                         for name, (best, median) in zip(cells, times)}
+        streams = [Stream(make_stream_net(r_on, cell=cell)) for cell in cells.values()]
+
+        def run(stream):
+            stream.reset()
+            for lo in range(0, len(t_ev), packet):
+                stream.push(polarity[lo:lo + packet], t_ev[lo:lo + packet],
+                            tokens[lo:lo + packet])
+
+        times = interleaved_times([lambda st=st: run(st) for st in streams], repeats)
+        rows[f"stream_r_on_{r_on}"] = {
+            name: dict(seconds=best, median_seconds=median, events_per_s=len(t_ev) / best,
+                       updates_per_neuron=st.updates_per_neuron[0])
+            for name, (best, median), st in zip(cells, times, streams)}
+    for key, pair in rows.items():
+        unit = "events/s" if key.startswith("stream") else "sample-steps/s"
+        rate = "events_per_s" if key.startswith("stream") else "sample_steps_per_s"
+        ratio = pair["pgru"]["seconds"] / pair["plstm"]["seconds"]
+        print(f"{key:28s}: plstm {pair['plstm'][rate]:12,.0f}, pgru {pair['pgru'][rate]:12,.0f} "
+              f"{unit} (pgru / plstm time {ratio:.2f})")
+    return rows
 
 
 # ---------------------------------------------------------------------------- torch
@@ -337,6 +387,9 @@ def main():
         print(f"train numba, alpha=0, r_on={r_on:<5}: {B * T / best:12,.0f} sample-steps/s")
     results["training_leak_free"] = leak_free
 
+    # -- the Phased GRU against the Phased LSTM ---------------------------------------
+    results["phased_gru"] = gru_rows(data, events, packet, repeats)
+
     # -- torch ------------------------------------------------------------------------
     # in a process of its own: once Numba's parallel kernels have run in a process, torch's
     # own thread pool contends with Numba's there (measured here: its training step 37x
@@ -376,7 +429,7 @@ def plot(results):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     r = [float(k) for k in results["evaluation"]]
     axes[0].plot(r, [v["sample_steps_per_s"] for v in results["evaluation"].values()], "o-",
                  label="numba evaluation, 1-110, B=32")
@@ -393,6 +446,15 @@ def plot(results):
                         ls="--", label="torch fused nn.LSTM")
     axes[1].set(xscale="log", yscale="log", xlabel="r_on", ylabel="events / s",
                 title="Streaming, batch 1")
+    gru = results["phased_gru"]
+    keys = list(gru)
+    for offset, name in ((-0.2, "plstm"), (0.2, "pgru")):
+        axes[2].bar(np.arange(len(keys)) + offset,
+                    [gru[k][name]["seconds"] / gru[k]["plstm"]["seconds"] for k in keys], 0.4,
+                    label={"plstm": "Phased LSTM", "pgru": "Phased GRU"}[name])
+    axes[2].set_xticks(np.arange(len(keys)), [k.replace("_", " ") for k in keys], rotation=30,
+                       ha="right", fontsize=7)
+    axes[2].set(ylabel="time / Phased LSTM's", title="Phased GRU vs Phased LSTM (numba)")
     for ax in axes:
         ax.legend()
         ax.grid(True, which="both", alpha=0.3)
