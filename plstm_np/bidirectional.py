@@ -245,6 +245,13 @@ class Bidirectional:
         return grads
 
     # ------------------------------------------------------------------ saving
+    def min_kink_distance(self, t, lengths):
+        """The smaller of the halves' :meth:`min_kink_distance` (the backward half's at its
+        reversed times); ``inf`` for halves without a time gate."""
+        return min(getattr(self.fw, "min_kink_distance", lambda *a: np.inf)(t, lengths),
+                   getattr(self.bw, "min_kink_distance", lambda *a: np.inf)(
+                       reversed_times(t, lengths), lengths))
+
     def config(self):
         """The halves' configurations and the merge, JSON-serialisable."""
         return dict(kind="Bidirectional", forward_layer=self.fw.config(),

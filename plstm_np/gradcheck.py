@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .time_gate import kink_distance
-from .validation import as_rng, check_sequence_inputs, valid_steps
+from .validation import as_rng, check_sequence_inputs
 
 __all__ = ["GradCheckReport", "relative_error", "numerical_gradient", "check_gradients"]
 
@@ -160,12 +159,8 @@ def _layer_problem(layer, batch, training, rng):
 
     arrays = dict(layer.params, x=x)
     arrays.update({f"{name}0": s for name, s in zip(layer.state_names, state)})
-    kink = np.inf
-    if "tau" in layer.params:
-        valid = valid_steps(lengths, T)
-        p = layer.params
-        d = kink_distance(t[valid][:, None], p["tau"], p["s"], p["r_on"])
-        kink = float(d.min()) if d.size else np.inf
+    kink = (layer.min_kink_distance(t, lengths) if hasattr(layer, "min_kink_distance")
+            else np.inf)
     return loss_and_grads, arrays, kink
 
 

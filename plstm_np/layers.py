@@ -18,6 +18,7 @@ import numpy as np
 from .backends import check_backend, get_backend
 from .optim import R_ON_MIN, TAU_MIN
 from .time_feature import append_time
+from .time_gate import min_kink_distance
 from .validation import (
     as_rng,
     check_backward,
@@ -294,6 +295,15 @@ class PhasedLSTM:
         return backend.layer_backward(dh, dstate, cache, self.grad_clip)
 
     # ------------------------------------------------------------------ saving
+    def min_kink_distance(self, t, lengths):
+        """Smallest phase distance of any valid (sample, step, neuron) from a kink of the
+        time gate (``inf`` with the gate forced open): finite differences of a gradient
+        check must move the phase less than this."""
+        if self.gate_open:
+            return np.inf
+        p = self.params
+        return min_kink_distance(t, lengths, p["tau"], p["s"], p["r_on"])
+
     def config(self):
         """Hyper-parameters as a JSON-serialisable dict (parameters are saved separately)."""
         cfg = dict(

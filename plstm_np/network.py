@@ -26,7 +26,6 @@ from .backends import check_backend
 from .files import atomic_write, refuse_existing
 from .losses import LOSSES
 from .streaming import Stream
-from .time_gate import kink_distance
 from .validation import (
     as_rng,
     check_array,
@@ -612,13 +611,11 @@ class Network:
         return result
 
     def min_kink_distance(self, batch):
-        """Smallest phase distance of any valid (sample, step, neuron) from a gate kink."""
-        steps = batch.steps
-        valid = valid_steps(steps, batch.t.shape[1])
-        times = batch.t[valid][:, None]
-        dists = [kink_distance(times, p["tau"], p["s"], p["r_on"]).min()
-                 for p in (layer.params for layer in self.layers) if "tau" in p and times.size]
-        return float(min(dists, default=np.inf))
+        """Smallest phase distance of any valid (sample, step, neuron) from a gate kink, over
+        the layers that have a ``min_kink_distance(t, lengths)`` (the time-gated ones)."""
+        return float(min((layer.min_kink_distance(batch.t, batch.steps)
+                          for layer in self.layers if hasattr(layer, "min_kink_distance")),
+                         default=np.inf))
 
     def stream(self, batch=1):
         """A :class:`plstm_np.Stream` for event-by-event evaluation of ``batch`` streams."""

@@ -29,10 +29,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .validation import TINY
+from .validation import TINY, valid_steps
 
 __all__ = ["phase", "time_gate", "time_gate_with_grads", "TimeGateGrads", "kink_distance",
-           "timing_gradients"]
+           "min_kink_distance", "timing_gradients"]
 
 
 def _check_domain(a, ok, what):
@@ -197,3 +197,10 @@ def kink_distance(t, tau, s, r_on):
     return np.minimum.reduce(
         [phi, 1.0 - phi, np.abs(phi - 0.5 * r_on), np.abs(phi - r_on)]
     )
+
+
+def min_kink_distance(t, lengths, tau, s, r_on):
+    """Smallest :func:`kink_distance` of any valid (sample, step, neuron): ``t`` (B, T),
+    ``lengths`` (B,), ``tau``, ``s``, ``r_on`` (H,); ``inf`` without a valid step."""
+    times = np.asarray(t, dtype=np.float64)[valid_steps(lengths, np.shape(t)[1])][:, None]
+    return float(kink_distance(times, tau, s, r_on).min()) if times.size else np.inf

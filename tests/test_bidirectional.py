@@ -147,3 +147,29 @@ def test_bad_halves_are_refused():
     other = pl.Bidirectional(pl.LSTM(2, 3, rng=rng), pl.LSTM(2, 3, rng=rng))
     with pytest.raises(ValueError, match="another layer"):
         other.backward(np.ones_like(h), cache)
+
+
+def test_the_kink_distance_covers_both_halves_at_their_own_times():
+    """Both halves gated, each with its own timing: the network's (and gradcheck's) kink
+    distance is that of the forward half at t and of the backward half at t_last - t,
+    reversed here by hand."""
+    rng = np.random.default_rng(21)
+    fw = randomize(pl.PhasedGRU(2, 3, rng=rng), rng)
+    bw = randomize(pl.PhasedLSTM(2, 3, rng=rng), rng)
+    layer = pl.Bidirectional(fw, bw)
+    t = np.sort(rng.uniform(0.0, 30.0, (3, 5)), axis=1)
+    lengths = np.array([5, 3, 0])
+    expected = np.inf
+    for b, L in enumerate(lengths):
+        for j in range(L):
+            expected = min(expected, kink_distance(t[b, j], fw.params["tau"], fw.params["s"],
+                                                   fw.params["r_on"]).min(),
+                           kink_distance(t[b, L - 1] - t[b, L - 1 - j], bw.params["tau"],
+                                         bw.params["s"], bw.params["r_on"]).min())
+    assert layer.min_kink_distance(t, lengths) == pytest.approx(expected, rel=1e-12)
+    net = pl.Network([layer, pl.LSTM(6, 2, rng=rng)], pl.Dense(2, 2, rng=rng))
+    batch = pl.Dataset(rng.normal(size=(3, 5, 2)), t, np.array([0, 1, 0]), lengths)
+    assert net.min_kink_distance(batch) == pytest.approx(expected, rel=1e-12)
+    only_fw = pl.Bidirectional(fw, pl.LSTM(2, 3, rng=rng))
+    assert only_fw.min_kink_distance(t, lengths) == pytest.approx(fw.min_kink_distance(
+        t, lengths)) and only_fw.min_kink_distance(t, lengths) > expected * (1 - 1e-12)
