@@ -235,7 +235,9 @@ def build_parser():
     return parser
 
 
-def _print_metrics(result, out):
+def _print_metrics(result, out, layer):
+    """The validation figures; ``layer``: the index of the first recurrent layer, whose
+    share of a dense LSTM's updates is shown."""
     if "accuracy" in result:
         print(f"validation accuracy: {100 * result['accuracy']:.2f} %  "
               f"(loss {result['loss']:.4f}, {result['n']} sequences)", file=out)
@@ -243,8 +245,7 @@ def _print_metrics(result, out):
         print(f"validation loss (MSE): {result['loss']:.5f}  ({result['n']} sequences)", file=out)
     ups = ", ".join(f"{u:.1f}" for u in result["updates_per_neuron"])
     dense = result["dense_updates_per_neuron"]
-    # the first recurrent layer's share (a batch normalisation in front updates nothing)
-    first = next((u for u in result["updates_per_neuron"] if u > 0), 0.0)
+    first = result["updates_per_neuron"][layer]
     share = first / dense if dense else float("nan")
     print(f"neuron updates per neuron and sequence: {ups} computed "
           f"(a dense LSTM: {dense:.1f}; {100 * share:.1f} %)", file=out)
@@ -264,7 +265,7 @@ def _train(args, out):
     except FloatingPointError as err:  # a NaN or infinite loss
         raise ValueError(f"training diverged ({err}); try a lower --lr") from err
     final = dict(run["final"], n=run["n_val"])
-    _print_metrics(final, out)
+    _print_metrics(final, out, ex.build_model(run["config"]).recurrent_index)
     print(f"trained {len(run['history'])} epochs on {run['n_train']} sequences in "
           f"{run['seconds']:.1f} s (backend {run['config']['backend']})", file=out)
     if args.out:  # name only the files that are there
@@ -293,7 +294,7 @@ def _evaluate(args, out):
     print(f"checkpoint: {args.checkpoint} ({cfg['model']} on {cfg['task']}, epoch "
           f"{result['epoch']}: the lowest validation loss)", file=out)
     print(f"data: {result['data']}", file=out)
-    _print_metrics(result, out)
+    _print_metrics(result, out, result["recurrent_layer"])
     return 0
 
 

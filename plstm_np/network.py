@@ -610,6 +610,13 @@ class Network:
         result["dense_updates_per_neuron"] = float(data.steps.mean()) if n else 0.0
         return result
 
+    @property
+    def recurrent_index(self):
+        """Index of the first layer that carries a state (the first recurrent layer, whose
+        updates the paper counts; a :class:`~plstm_np.TimeFeature` or
+        :class:`~plstm_np.BatchNorm` in front updates nothing); 0 if there is none."""
+        return next((i for i, layer in enumerate(self.layers) if layer.state_names), 0)
+
     def min_kink_distance(self, batch):
         """Smallest phase distance of any valid (sample, step, neuron) from a gate kink, over
         the layers that have a ``min_kink_distance(t, lengths)`` (the time-gated ones)."""

@@ -84,8 +84,11 @@ def test_every_model_trains_and_evaluates_from_the_cli(model, tmp_path, capsys):
     code, text, err = run(["train", "--model", model, "--epochs", "1", "--out", str(out),
                            *TINY], capsys)
     assert code == 0, err
+    assert code == 0, err
+    share = re.search(r"a dense LSTM: [\d.]+; ([\d.]+) %", text)
+    assert share and float(share.group(1)) > 0, text  # the recurrent layer's, not BN's 0
     code, text, err = run(["evaluate", str(out / "checkpoint.npz")], capsys)
-    assert code == 0 and "accuracy" in text, err
+    assert code == 0 and "accuracy" in text and share.group(0) in text, err
     assert json.loads((out / "config.json").read_text())["model"] == model
 
 
@@ -151,6 +154,8 @@ def test_reproduce_quick_writes_table_and_figures(tmp_path, capsys):
     table = (root / "results.md").read_text()
     for cond in results["conditions"]:
         assert f"| {cond} |" in table
+        c = results["conditions"][cond]  # the recurrent layer's updates (not BN's zero)
+        assert 0 < c["updates_per_neuron_mean"] <= c["dense_updates_per_neuron_mean"], cond
     for name in ("fig3d_bars.png", "fig3_curves.png"):
         assert (root / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A second call reuses the complete runs instead of training again.

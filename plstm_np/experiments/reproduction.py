@@ -13,7 +13,7 @@ from .configs import TASK_ALIASES, TASK_SPECS, default_config
 from .registry import EXPERIMENTS
 from .reports import aggregate, results_markdown, write_figures
 from .run_folders import inspect_run
-from .runs import evaluate_checkpoint, resolve_backend
+from .runs import build_model, evaluate_checkpoint, resolve_backend
 from .sweeps import SweepRun, check_sweep_options, connect, run_sweep
 
 __all__ = ["reproduce", "PROTOCOL_FILE"]
@@ -187,9 +187,10 @@ def _reproduce(exp, root, proto, seeds, test_rhos, chosen, configs, *, log, prog
         runs = []
         for seed in seeds:
             run_dir = root / "runs" / cond / f"seed{seed}"
-            record = _summarise(histories[cond, seed], TASK_SPECS[exp.task].loss)
+            layer = build_model(configs[cond, seed]).recurrent_index  # whose updates count
+            record = _summarise(histories[cond, seed], TASK_SPECS[exp.task].loss, layer)
             if test_rhos:
-                record["test"] = _test_rhos(run_dir, test_rhos, log)
+                record["test"] = _test_rhos(run_dir, test_rhos, layer, log)
             runs.append(dict(seed=seed, **record))
             log(f"[{name}] {cond} seed {seed}: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
@@ -203,16 +204,17 @@ def _reproduce(exp, root, proto, seeds, test_rhos, chosen, configs, *, log, prog
     return results
 
 
-def _summarise(history, loss):
+def _summarise(history, loss, layer=0):
     """A run's figures; ``seconds`` is the training time of its epochs (without data
-    generation and validation), the same whether the run was trained now or reused."""
+    generation and validation), the same whether the run was trained now or reused;
+    ``updates_per_neuron`` those of layer ``layer`` (the first recurrent one)."""
     last = history[-1]
     seconds = sum(r["seconds"] for r in history)
     record = dict(epochs=len(history), seconds=float(seconds), final_val_loss=last["val_loss"],
                   best_val_loss=min(r["val_loss"] for r in history),
                   curve_val_loss=[r["val_loss"] for r in history],
                   curve_train_loss=[r["train_loss"] for r in history],
-                  updates_per_neuron=float(last["val_updates_per_neuron"][0]),
+                  updates_per_neuron=float(last["val_updates_per_neuron"][layer]),
                   dense_updates_per_neuron=float(last["val_dense_updates_per_neuron"]))
     if loss == "cross_entropy":
         record.update(final_val_accuracy=last["val_accuracy"],
@@ -222,7 +224,7 @@ def _summarise(history, loss):
     return record
 
 
-def _test_rhos(run_dir, rhos, log):
+def _test_rhos(run_dir, rhos, layer, log):
     """Accuracy and updates at several event rates; kept in ``test_rhos.json`` so that a
     later reproduction reuses them (also without the checkpoint)."""
     path = run_dir / "test_rhos.json"
@@ -234,7 +236,7 @@ def _test_rhos(run_dir, rhos, log):
     for rho in rhos:
         r = evaluate_checkpoint(run_dir, rho=rho, log=log)
         out[str(rho)] = dict(accuracy=r["accuracy"], loss=r["loss"],
-                             updates_per_neuron=r["updates_per_neuron"][0],
+                             updates_per_neuron=r["updates_per_neuron"][layer],
                              dense_updates_per_neuron=r["dense_updates_per_neuron"])
     write_json_atomic(path, out)
     return out

@@ -417,7 +417,8 @@ def evaluate_checkpoint(path, *, nmnist_folder=None, label_file=None, rho=None, 
         ``loss``, ``accuracy`` (classification), ``updates_per_neuron`` (list per layer),
         ``dense_updates_per_neuron``, ``n`` (sequences), ``data`` (what was evaluated),
         ``config``, ``epoch`` (the training epoch the checkpoint holds: the one with the
-        lowest validation loss).
+        lowest validation loss), ``recurrent_layer`` (the index of the first recurrent
+        layer, :attr:`plstm_np.Network.recurrent_index`).
     """
     path = Path(path)
     if path.is_dir():
@@ -448,5 +449,6 @@ def evaluate_checkpoint(path, *, nmnist_folder=None, label_file=None, rho=None, 
         data = make_val_data(cfg)
         source = f"validation set of {cfg['task']} ({len(data)} sequences, seed {cfg['seed']})"
     result = net.evaluate(data, batch_size=batch_size)
-    result.update(n=len(data), data=source, config=cfg, epoch=meta.get("epoch"))
+    result.update(n=len(data), data=source, config=cfg, epoch=meta.get("epoch"),
+                  recurrent_layer=net.recurrent_index)
     return result
