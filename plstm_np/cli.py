@@ -292,7 +292,7 @@ def _evaluate(args, out):
         return 0
     cfg = result["config"]
     print(f"checkpoint: {args.checkpoint} ({cfg['model']} on {cfg['task']}, epoch "
-          f"{result['epoch']}: the lowest validation loss)", file=out)
+          f"{result['epoch']}: the {result['selection']})", file=out)
     print(f"data: {result['data']}", file=out)
     _print_metrics(result, out, result["recurrent_layer"])
     return 0

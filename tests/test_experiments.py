@@ -238,3 +238,28 @@ def test_phased_lstm_beats_lstm_on_async_frequency_discrimination():
         cfg = ex.default_config("frequency", model=model, n_train=1600, epochs=10, lr=1e-2)
         acc[model] = ex.run_training(cfg, progress=False)["final"]["accuracy"]
     assert acc["plstm"] > acc["lstm"] + 0.05, acc
+
+
+def test_a_reproduction_publishes_each_conditions_median_run_at_its_last_epoch(tmp_path):
+    """The published file holds the parameters only, of the median seed's last epoch:
+    evaluating it gives exactly that run's final validation accuracy (the table's)."""
+    results = ex.reproduce("frequency", tmp_path, conditions=["plstm-async"], seeds=3,
+                           epochs=2, n_train=16, n_val=16, hidden_size=4, batch_size=8,
+                           log=lambda m: None)
+    runs = results["conditions"]["plstm-async"]["runs"]
+    finals = [r["final_val_accuracy"] for r in runs]
+    entry = results["checkpoints"]["plstm-async"]
+    assert finals[entry["seed"]] == sorted(finals)[1] and entry["epoch"] == 2
+    path = tmp_path / "frequency" / entry["path"]
+    net, optimizer, meta = pl.load_checkpoint(path)
+    assert optimizer is None and meta["selection"] == "last epoch"
+    assert all(v.dtype == np.float32 for v in net.params.values())
+    last, _, _ = pl.load_checkpoint(tmp_path / "frequency" / "runs" / "plstm-async"
+                                    / f"seed{entry['seed']}" / "last.npz")
+    for name, value in last.params.items():
+        np.testing.assert_array_equal(net.params[name], value, err_msg=name)
+    evaluated = ex.evaluate_checkpoint(path, log=lambda m: None)
+    assert evaluated["accuracy"] == finals[entry["seed"]]
+    assert evaluated["selection"] == "last epoch"
+    assert json.loads((tmp_path / "frequency" / "results.json").read_text())[
+        "checkpoints"] == results["checkpoints"]

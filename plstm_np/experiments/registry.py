@@ -26,6 +26,8 @@ class Experiment:
         A tiny version for tests.
     paper : dict
         The paper's reported figures, per condition (None where it reports none).
+    paper_std : dict
+        Their standard deviations over seeds, where the authors published them.
 
     Notes
     -----
@@ -45,6 +47,7 @@ class Experiment:
     protocol: dict
     quick: dict
     paper: dict
+    paper_std: dict = dataclasses.field(default_factory=dict)
 
 
 _QUICK = dict(epochs=1, n_train=8, n_val=8, seeds=1, batch_size=4, hidden_size=8)
@@ -60,6 +63,10 @@ EXPERIMENTS = {
         paper={"plstm-standard": 99.26, "plstm-high_res": 99.61, "plstm-async": 97.89,
                "bnlstm-standard": 98.95, "bnlstm-high_res": 62.38, "bnlstm-async": 74.30,
                "lstm-standard": 89.34, "lstm-high_res": 51.72, "lstm-async": 69.02},
+        # their standard deviations over the 5 seeds (numpy's, ddof = 0, as ours), same cell
+        paper_std={"plstm-standard": 0.23, "plstm-high_res": 0.28, "plstm-async": 0.57,
+                   "bnlstm-standard": 0.38, "bnlstm-high_res": 18.63, "bnlstm-async": 17.73,
+                   "lstm-standard": 18.89, "lstm-high_res": 0.71, "lstm-async": 13.33},
     ),
     "superimposed": Experiment(
         "superimposed", "Superimposed frequencies (Fig. 4a)", "superimposed",

@@ -94,14 +94,17 @@ def results_markdown(results):
                   "updates/neuron (eval) | dense | share (paper: 5 %) | paper (%) | "
                   "training time/run (s) |",
                   "|---|---|---|---|---|---|---|---|---|"]
+        paper_std = results.get("paper_std", {})
         for name, c in conds.items():
             ref = paper.get(name)
+            ref = ("—" if ref is None else f"{ref} ± {paper_std[name]}" if name in paper_std
+                   else f"≈ {ref}")
             lines.append(
                 f"| {name} | {_pm(c['final_val_accuracy_mean'], c['final_val_accuracy_std'], 100)} "
                 f"| {_pm(c['best_val_accuracy_mean'], c['best_val_accuracy_std'], 100)} "
                 f"| {_pm(c['epoch1_val_accuracy_mean'], c['epoch1_val_accuracy_std'], 100)} "
                 f"| {c['updates_per_neuron_mean']:.1f} | {c['dense_updates_per_neuron_mean']:.1f} "
-                f"| {_share(c)} | {'—' if ref is None else f'≈ {ref}'} "
+                f"| {_share(c)} | {ref} "
                 f"| {c['seconds_mean']:.0f} |")
     else:
         lines += ["| condition | final val. MSE | best val. MSE | epoch-1 val. MSE | "
@@ -156,11 +159,13 @@ def write_figures(results, folder):
                      for n in names]
             stds = [100 * conds[n]["final_val_accuracy_std"] if n in conds else 0 for n in names]
             paper = [results["paper"].get(n, np.nan) for n in names]
+            paper_std = [results.get("paper_std", {}).get(n, 0.0) for n in names]
             xs = np.arange(3) + (k - (len(models) - 1) / 2) * width
             ax.bar(xs, means, width, yerr=stds, label=MODEL_NAMES[model],
                    color=_COLOURS[model], capsize=3)
-            ax.scatter(xs, paper, marker="_", s=300, color="k", zorder=3,
-                       label="paper" if k == 0 else None)
+            ax.errorbar(xs, paper, yerr=paper_std, fmt="_", markersize=14, color="k",
+                        elinewidth=0.8, capsize=2, zorder=3,
+                        label="paper (mean ± std)" if k == 0 else None)
         ax.set_xticks(range(3), ["standard", "high resolution", "async"])
         ax.set_ylabel("validation accuracy (%)")
         ax.set_ylim(40, 100)

@@ -2,13 +2,17 @@
 :data:`~plstm_np.experiments.registry.EXPERIMENTS`, as a sweep of runs that resume
 (:mod:`~plstm_np.experiments.sweeps`: serially, in parallel processes or on a Dask cluster),
 reusing complete runs and continuing unfinished ones from their last complete epoch, then the
-results (JSON + markdown) and figures (:func:`reproduce`, what ``plstm-np reproduce`` does)."""
+results (JSON + markdown) and figures (:func:`reproduce`, what ``plstm-np reproduce`` does),
+and each condition's published checkpoint (:func:`publish_checkpoints`)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..files import atomic_write, write_json_atomic
+from ..io import load_checkpoint
 from .configs import TASK_ALIASES, TASK_SPECS, default_config
 from .registry import EXPERIMENTS
 from .reports import aggregate, results_markdown, write_figures
@@ -16,10 +20,13 @@ from .run_folders import inspect_run
 from .runs import build_model, evaluate_checkpoint, resolve_backend
 from .sweeps import SweepRun, check_sweep_options, connect, run_sweep
 
-__all__ = ["reproduce", "PROTOCOL_FILE"]
+__all__ = ["reproduce", "publish_checkpoints", "PROTOCOL_FILE", "CHECKPOINT_FOLDER"]
 
 #: The protocol a results folder was made with, written before its first run.
 PROTOCOL_FILE = "protocol.json"
+
+#: Where :func:`publish_checkpoints` writes, inside an experiment's results folder.
+CHECKPOINT_FOLDER = "checkpoints"
 
 #: Protocol keys that do not make another experiment: more seeds add runs, other event
 #: rates are evaluated again.
@@ -182,7 +189,7 @@ def _reproduce(exp, root, proto, seeds, test_rhos, chosen, configs, *, log, prog
             histories[cond, int(seed)] = summary["history"]
     results = dict(experiment=name, title=exp.title, quick=quick,
                    protocol=dict(proto, seeds=seeds, test_rhos=test_rhos), backend=backend,
-                   conditions={}, paper=exp.paper)
+                   conditions={}, paper=exp.paper, paper_std=exp.paper_std)
     for cond in chosen:
         runs = []
         for seed in seeds:
@@ -195,6 +202,8 @@ def _reproduce(exp, root, proto, seeds, test_rhos, chosen, configs, *, log, prog
             log(f"[{name}] {cond} seed {seed}: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
         results["conditions"][cond] = dict(runs=runs, **aggregate(runs))
+    if not quick:
+        results["checkpoints"] = publish_checkpoints(root, results, log=log)
     write_json_atomic(root / "results.json", results)
     table = results_markdown(results)
     atomic_write(root / "results.md", lambda f: f.write(table), mode="w")
@@ -240,3 +249,43 @@ def _test_rhos(run_dir, rhos, layer, log):
                              dense_updates_per_neuron=r["dense_updates_per_neuron"])
     write_json_atomic(path, out)
     return out
+
+
+def publish_checkpoints(root, results, *, log=print):
+    """Write each condition's published checkpoint: ``root/checkpoints/<condition>.npz``.
+
+    For every condition of ``results`` (what :func:`reproduce` computes), the run of the
+    median seed (by final validation accuracy, or loss for regression; the lower of the
+    two middle ones for an even count) gives the network after its **last** epoch (from
+    its resume state ``last.npz``, so that evaluating it gives the table's final figure),
+    saved with its parameters only (no optimizer state; the runs' dtype, float32 by
+    default) and the metadata ``config``, ``epoch``, ``seed`` and ``selection`` = 'last
+    epoch'. A condition whose chosen run has no ``last.npz`` (e.g. trained on another
+    machine) is skipped with a message. An existing file is replaced.
+
+    Returns
+    -------
+    dict
+        Per published condition: ``path`` (relative to ``root``), ``seed``, ``epoch`` and
+        the run's final figure (``final_val_accuracy`` or ``final_val_loss``).
+    """
+    root = Path(root)
+    published = {}
+    for cond, c in results["conditions"].items():
+        runs = c["runs"]
+        key = "final_val_accuracy" if "final_val_accuracy" in runs[0] else "final_val_loss"
+        order = np.argsort([r[key] for r in runs], kind="stable")
+        run = runs[int(order[(len(runs) - 1) // 2])]
+        state = root / "runs" / cond / f"seed{run['seed']}" / "last.npz"
+        if not state.exists():
+            log(f"[{results['experiment']}] {cond}: no {state} to publish; skipped")
+            continue
+        net, _, meta = load_checkpoint(state)
+        out = root / CHECKPOINT_FOLDER / f"{cond}.npz"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        net.save(out, metadata=dict(config=meta["config"], epoch=meta["epoch"],
+                                    seed=run["seed"], selection="last epoch"),
+                 overwrite=True)
+        published[cond] = dict(path=str(out.relative_to(root)), seed=run["seed"],
+                               epoch=meta["epoch"], **{key: run[key]})
+    return published

@@ -416,8 +416,9 @@ def evaluate_checkpoint(path, *, nmnist_folder=None, label_file=None, rho=None, 
     dict
         ``loss``, ``accuracy`` (classification), ``updates_per_neuron`` (list per layer),
         ``dense_updates_per_neuron``, ``n`` (sequences), ``data`` (what was evaluated),
-        ``config``, ``epoch`` (the training epoch the checkpoint holds: the one with the
-        lowest validation loss), ``recurrent_layer`` (the index of the first recurrent
+        ``config``, ``epoch`` (the training epoch the checkpoint holds), ``selection``
+        (why that epoch: 'lowest validation loss' for a run's ``checkpoint.npz``, 'last
+        epoch' for a published one), ``recurrent_layer`` (the index of the first recurrent
         layer, :attr:`plstm_np.Network.recurrent_index`).
     """
     path = Path(path)
@@ -450,5 +451,6 @@ def evaluate_checkpoint(path, *, nmnist_folder=None, label_file=None, rho=None, 
         source = f"validation set of {cfg['task']} ({len(data)} sequences, seed {cfg['seed']})"
     result = net.evaluate(data, batch_size=batch_size)
     result.update(n=len(data), data=source, config=cfg, epoch=meta.get("epoch"),
+                  selection=meta.get("selection", "lowest validation loss"),
                   recurrent_layer=net.recurrent_index)
     return result
