@@ -12,6 +12,9 @@ Event-based Sequences", NIPS 2016. The README gives a tour; the modules read lik
 - :mod:`plstm_np.losses`, :mod:`plstm_np.optim`: losses, Adam, clipping, constraints.
 - :mod:`plstm_np.gradcheck`: gradient checking against central differences.
 - :mod:`plstm_np.io`: save and load.
+- :mod:`plstm_np.mnist`, :mod:`plstm_np.nmnist`, :mod:`plstm_np.event_camera`: the shipped
+  digits, the N-MNIST reader, and an event-camera simulator that makes N-MNIST-like
+  recordings from images.
 """
 from . import mnist, nmnist, tasks
 from .backends import BackendUnavailableError, get_backend

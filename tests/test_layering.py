@@ -42,6 +42,7 @@ LAYERS = {
     "plstm_np.dataset": 1,
     "plstm_np.mnist": 1,
     "plstm_np.nmnist": 1,
+    "plstm_np.event_camera": 1,
     "plstm_np.tasks": 1,
     # 2: backends: the registry, the NumPy reference, the Numba and CUDA kernels
     "plstm_np.backends": 2,
