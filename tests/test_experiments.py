@@ -1,6 +1,9 @@
 """Experiments: every task trains a few steps with every model, the paper's architectures,
 seeded data regenerated exactly, backend fallback, and (slow) the main job's accuracy."""
 import json
+import re
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,3 +266,42 @@ def test_a_reproduction_publishes_each_conditions_median_run_at_its_last_epoch(t
     assert evaluated["selection"] == "last epoch"
     assert json.loads((tmp_path / "frequency" / "results.json").read_text())[
         "checkpoints"] == results["checkpoints"]
+
+
+def test_the_table_names_the_command_that_remakes_it(tmp_path, capsys):
+    """results.md ends with the ``plstm-np reproduce`` command of its protocol: run on the
+    same folder it reuses every run (a wrong flag would refuse the folder or retrain), and
+    the table says what it leaves out, the training time and how to evaluate a checkpoint."""
+    from plstm_np import cli
+
+    out = tmp_path / "a folder"
+    ex.reproduce("frequency", out, conditions=["plstm-async"], seeds=2, epochs=1, n_train=8,
+                 n_val=8, hidden_size=3, batch_size=4, learn_r_on=False, lr=0.002,
+                 log=lambda m: None)
+    table = (out / "frequency" / "results.md").read_text()
+    words = shlex.split(re.search(r"Command: `(.*)`", table).group(1))
+    assert words[:3] == ["plstm-np", "reproduce", "frequency"] and "--no-learn-r-on" in words
+    capsys.readouterr()
+    assert cli.main(words[1:] + ["--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("reusing the complete run") == 2 and "run(s)" not in text
+    assert "Conditions not in this table: plstm-standard, bnlstm-standard," in table
+    assert re.search(r"Training time: \d+\.\d h in all for the 2 runs", table)
+    ckpt = out / "frequency" / "checkpoints" / "plstm-async.npz"
+    assert f"`plstm-np evaluate {ckpt}`" in table
+
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "frequency"
+
+
+@pytest.mark.skipif(not (PUBLISHED / "results.json").exists(), reason="no published results")
+def test_the_published_fig3d_checkpoints_give_their_tables_accuracies():
+    """Each shipped checkpoint, evaluated anew, gives the final validation accuracy its run
+    logged (the table's per-seed value), and is the median seed of its condition."""
+    results = json.loads((PUBLISHED / "results.json").read_text())
+    assert results["checkpoints"]
+    for cond, entry in results["checkpoints"].items():
+        finals = [r["final_val_accuracy"] for r in results["conditions"][cond]["runs"]]
+        assert entry["final_val_accuracy"] == finals[entry["seed"]] == sorted(finals)[2]
+        evaluated = ex.evaluate_checkpoint(PUBLISHED / entry["path"], log=lambda m: None)
+        assert evaluated["accuracy"] == entry["final_val_accuracy"], cond

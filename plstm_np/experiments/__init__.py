@@ -40,7 +40,7 @@ from .configs import (
 )
 from .registry import EXPERIMENTS, Experiment
 from .reports import aggregate, results_markdown, write_figures
-from .reproduction import publish_checkpoints, reproduce
+from .reproduction import publish_checkpoints, reproduce, reproduce_command
 from .runs import (
     FreshData,
     build_model,
@@ -56,4 +56,4 @@ __all__ = ["TaskSpec", "TASK_SPECS", "TASK_ALIASES", "MODELS", "PAPER_MODELS", "
            "default_config", "make_data", "make_val_data", "build_model", "resolve_backend",
            "run_training", "evaluate_checkpoint", "reproduce", "Experiment", "SAMPLED_TASKS",
            "aggregate", "results_markdown", "write_figures", "READOUTS", "VARIANTS",
-           "FreshData", "publish_checkpoints"]
+           "FreshData", "publish_checkpoints", "reproduce_command"]

@@ -133,8 +133,21 @@ def results_markdown(results):
         lines += ["", "Paper: " + ", ".join(f"{k} = {v}" for k, v in paper.items()) + "."]
     lines += ["", "Updates per neuron: neuron updates actually computed per neuron and per "
               "sequence at evaluation (alpha = 0, closed neurons skipped); 'dense' is the "
-              "number of valid steps, what an LSTM computes.", ""]
-    return "\n".join(lines)
+              "number of valid steps, what an LSTM computes."]
+    hours = sum(r["seconds"] for c in conds.values() for r in c["runs"]) / 3600.0
+    runs = sum(len(c["runs"]) for c in conds.values())
+    lines += ["", f"Training time: {hours:.1f} h in all for the {runs} runs (the epochs' "
+              "training, without data generation and validation)."]
+    if results.get("not_run"):
+        lines += ["", "Conditions not in this table: " + ", ".join(results["not_run"]) + "."]
+    if results.get("checkpoints"):
+        first = next(iter(results["checkpoints"].values()))["path"]
+        lines += ["", "Checkpoints: `checkpoints/<condition>.npz`, each condition's median "
+                  "seed (by final validation accuracy) after its last epoch, parameters only; "
+                  f"`plstm-np evaluate {Path(results['folder']) / first}` evaluates one."]
+    if results.get("command"):
+        lines += ["", f"Command: `{results['command']}`"]
+    return "\n".join(lines + [""])
 
 
 def write_figures(results, folder):

@@ -7,6 +7,7 @@ and each condition's published checkpoint (:func:`publish_checkpoints`)."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from .run_folders import inspect_run
 from .runs import build_model, evaluate_checkpoint, resolve_backend
 from .sweeps import SweepRun, check_sweep_options, connect, run_sweep
 
-__all__ = ["reproduce", "publish_checkpoints", "PROTOCOL_FILE", "CHECKPOINT_FOLDER"]
+__all__ = ["reproduce", "reproduce_command", "publish_checkpoints", "PROTOCOL_FILE",
+           "CHECKPOINT_FOLDER"]
 
 #: The protocol a results folder was made with, written before its first run.
 PROTOCOL_FILE = "protocol.json"
@@ -146,18 +148,48 @@ def reproduce(name, out_dir="results", *, quick=False, conditions=None, log=prin
     root = Path(out_dir) / name
     if not overwrite:
         _check_protocol(root, name, proto)
+    command = reproduce_command(name, out_dir, quick=quick, conditions=conditions,
+                                backend=backend, threads=threads, **protocol)
     client = connect(scheduler, connect_timeout) if scheduler is not None else None
     try:
         return _reproduce(exp, root, proto, seeds, test_rhos, chosen, configs, log=log,
                           progress=progress, overwrite=overwrite, backend=backend, jobs=jobs,
-                          threads=threads, client=client, bar=bar, quick=quick)
+                          threads=threads, client=client, bar=bar, quick=quick,
+                          command=command)
     finally:
         if client is not None:
             client.close()
 
 
+def reproduce_command(name, out_dir="results", *, quick=False, conditions=None,
+                      backend="numba", threads=None, **protocol):
+    """The ``plstm-np reproduce`` command line that makes what :func:`reproduce` makes
+    with these arguments (how many jobs run at once changes nothing, so it is left out;
+    ``--threads`` is part of the runs' arithmetic, so it is kept)."""
+    words = ["plstm-np", "reproduce", name, "--out", str(out_dir)]
+    if quick:
+        words.append("--quick")
+    if conditions is not None:
+        words += ["--conditions", ",".join(conditions)]
+    for key, value in protocol.items():
+        if value is None:
+            continue
+        flag = "--" + {"hidden_size": "hidden"}.get(key, key).replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            words += [flag, *map(str, value)]
+        else:
+            words += [flag, str(value)]
+    if threads is not None:
+        words += ["--threads", str(threads)]
+    if backend != "numba":
+        words += ["--backend", backend]
+    return shlex.join(words)
+
+
 def _reproduce(exp, root, proto, seeds, test_rhos, chosen, configs, *, log, progress,
-               overwrite, backend, jobs, threads, client, bar, quick):
+               overwrite, backend, jobs, threads, client, bar, quick, command):
     name = exp.name
     if client is None:  # on a cluster the workers find their backend
         backend = resolve_backend(backend, log=log)
@@ -189,7 +221,9 @@ def _reproduce(exp, root, proto, seeds, test_rhos, chosen, configs, *, log, prog
             histories[cond, int(seed)] = summary["history"]
     results = dict(experiment=name, title=exp.title, quick=quick,
                    protocol=dict(proto, seeds=seeds, test_rhos=test_rhos), backend=backend,
-                   conditions={}, paper=exp.paper, paper_std=exp.paper_std)
+                   command=command, folder=str(root), conditions={}, paper=exp.paper,
+                   paper_std=exp.paper_std,
+                   not_run=[c for c in exp.conditions if c not in chosen])
     for cond in chosen:
         runs = []
         for seed in seeds:
