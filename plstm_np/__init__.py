@@ -11,6 +11,7 @@ Event-based Sequences", NIPS 2016. The README gives a tour; the modules read lik
   and the timestamp as a feature (the BN-LSTM), bidirectional layers.
 - :mod:`plstm_np.losses`, :mod:`plstm_np.optim`: losses, Adam, clipping, constraints.
 - :mod:`plstm_np.gradcheck`: gradient checking against central differences.
+- :mod:`plstm_np.statistics`: confidence intervals of reported accuracies.
 - :mod:`plstm_np.io`: save and load.
 - :mod:`plstm_np.mnist`, :mod:`plstm_np.nmnist`, :mod:`plstm_np.event_camera`: the shipped
   digits, the N-MNIST reader, and an event-camera simulator that makes N-MNIST-like
@@ -28,6 +29,7 @@ from .layers import LSTM, PhasedLSTM
 from .losses import mean_squared_error, softmax_cross_entropy
 from .network import Dense, Embedding, Network
 from .optim import Adam, clip_grad_norm
+from .statistics import binomial_interval
 from .tasks import TASKS, train_val_split
 from .time_feature import TimeFeature
 from .time_gate import kink_distance, phase, time_gate, time_gate_with_grads

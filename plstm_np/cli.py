@@ -239,8 +239,14 @@ def _print_metrics(result, out, layer):
     """The validation figures; ``layer``: the index of the first recurrent layer, whose
     share of a dense LSTM's updates is shown."""
     if "accuracy" in result:
-        print(f"validation accuracy: {100 * result['accuracy']:.2f} %  "
-              f"(loss {result['loss']:.4f}, {result['n']} sequences)", file=out)
+        what = ("validation accuracy" if result.get("measured_on") is None
+                else f"accuracy on {result['measured_on']}")
+        interval = ""
+        if "accuracy_interval" in result:
+            lo, hi = result["accuracy_interval"]
+            interval = f"95 % CI {100 * lo:.1f}-{100 * hi:.1f} %, "
+        print(f"{what}: {100 * result['accuracy']:.2f} %  ({interval}"
+              f"loss {result['loss']:.4f}, {result['n']} sequences)", file=out)
     else:
         print(f"validation loss (MSE): {result['loss']:.5f}  ({result['n']} sequences)", file=out)
     ups = ", ".join(f"{u:.1f}" for u in result["updates_per_neuron"])

@@ -15,6 +15,7 @@ import plstm_np as pl
 import plstm_np.experiments.runs as runs
 from plstm_np.cli import main
 from plstm_np.nmnist import DATA_DIR, load_nmnist, read_labels, to_dataset
+from plstm_np.statistics import binomial_interval
 
 TINY = ["--n-train", "16", "--n-val", "8", "--hidden", "4", "--batch-size", "8", "--quiet"]
 
@@ -131,6 +132,14 @@ def test_evaluate_on_a_folder_of_nmnist_recordings(tmp_path, capsys, layout):
     assert result["dense_updates_per_neuron"] == pytest.approx(
         np.mean([len(r) for r in recordings]))
     assert 0 < result["updates_per_neuron"][0] < result["dense_updates_per_neuron"]
+    k = round(3 * result["accuracy"])
+    assert result["accuracy_interval"] == list(binomial_interval(k, 3))
+    # without --json the figure is named for what it was measured on, with its interval
+    code, text, _ = run([a for a in argv if a != "--json"], capsys)
+    lo, hi = binomial_interval(k, 3)
+    assert code == 0 and "validation accuracy" not in text
+    assert (f"accuracy on 3 recordings from {folder}: {100 * result['accuracy']:.2f} %  "
+            f"(95 % CI {100 * lo:.1f}-{100 * hi:.1f} %," in text)
 
 
 def test_evaluate_nmnist_folder_needs_labels_and_an_nmnist_checkpoint(tmp_path, capsys):

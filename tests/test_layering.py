@@ -37,6 +37,7 @@ LAYERS = {
     "plstm_np.scalar_math": 0,
     "plstm_np.files": 0,
     "plstm_np.losses": 0,
+    "plstm_np.statistics": 0,
     "plstm_np.optim": 0,
     # 1: data sets
     "plstm_np.dataset": 1,

@@ -60,6 +60,7 @@ from ..layers import LSTM, PhasedLSTM
 from ..network import Dense, Embedding, Network
 from ..nmnist import NUM_ADDRESSES, load_nmnist, to_dataset
 from ..optim import Adam
+from ..statistics import binomial_interval
 from ..tasks import TASKS, multirate_timing, train_val_split
 from ..time_feature import TimeFeature
 from ..training import train
@@ -416,6 +417,9 @@ def evaluate_checkpoint(path, *, nmnist_folder=None, label_file=None, rho=None, 
     dict
         ``loss``, ``accuracy`` (classification), ``updates_per_neuron`` (list per layer),
         ``dense_updates_per_neuron``, ``n`` (sequences), ``data`` (what was evaluated),
+        ``measured_on`` (None for the validation set, else ``'N recordings from DIR'``),
+        ``accuracy_interval`` (classification: the 95 % Clopper-Pearson interval of the
+        accuracy, :func:`plstm_np.statistics.binomial_interval`),
         ``config``, ``epoch`` (the training epoch the checkpoint holds), ``selection``
         (why that epoch: 'lowest validation loss' for a run's ``checkpoint.npz``, 'last
         epoch' for a published one), ``recurrent_layer`` (the index of the first recurrent
@@ -446,11 +450,17 @@ def evaluate_checkpoint(path, *, nmnist_folder=None, label_file=None, rho=None, 
         data = to_dataset(recordings, labels, rho=cfg["rho"], rng=np.random.default_rng(0),
                           dtype=np.dtype(cfg["dtype"]))
         source = f"{len(data)} N-MNIST recordings from {nmnist_folder}"
+        measured_on = f"{len(data)} recordings from {nmnist_folder}"
     else:
         data = make_val_data(cfg)
         source = f"validation set of {cfg['task']} ({len(data)} sequences, seed {cfg['seed']})"
+        measured_on = None
     result = net.evaluate(data, batch_size=batch_size)
-    result.update(n=len(data), data=source, config=cfg, epoch=meta.get("epoch"),
+    result.update(n=len(data), data=source, measured_on=measured_on, config=cfg,
+                  epoch=meta.get("epoch"),
                   selection=meta.get("selection", "lowest validation loss"),
                   recurrent_layer=net.recurrent_index)
+    if "accuracy" in result:
+        correct = round(result["accuracy"] * len(data))
+        result["accuracy_interval"] = binomial_interval(correct, len(data))
     return result
