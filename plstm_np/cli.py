@@ -82,6 +82,16 @@ def _non_negative_float(text):
     return value
 
 
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _rate(text):
     value = _positive_float(text)
     if value > 1:
@@ -106,7 +116,8 @@ def _experiment(text):
 
 #: The protocol options ``train`` and ``reproduce`` share (configuration keys).
 _PROTOCOL_OPTIONS = ("learn_r_on", "fresh_data", "grad_clip", "readout", "input_gate_bias",
-                     "time_scale", "variant")
+                     "time_scale", "variant", "augment_shift", "augment_jitter_ms",
+                     "n_simulated")
 
 
 def _add_run_options(p, *, reproduce=False):
@@ -141,6 +152,15 @@ def _add_run_options(p, *, reproduce=False):
                    "authors' code)")
     p.add_argument("--variant", choices=list(ex.VARIANTS),
                    help="superimposed task: the paper's text (default) or the authors' script")
+    p.add_argument("--augment-shift", type=_non_negative_int, dest="augment_shift",
+                   metavar="PIXELS", help="N-MNIST: move each training recording by up to "
+                   "this many pixels, afresh every epoch")
+    p.add_argument("--augment-jitter-ms", type=_non_negative_float, dest="augment_jitter_ms",
+                   metavar="MS", help="N-MNIST: jitter each training event's time by "
+                   "N(0, MS) ms, afresh every epoch")
+    p.add_argument("--n-simulated", type=_non_negative_int, dest="n_simulated", metavar="N",
+                   help="N-MNIST: add N recordings simulated from MNIST test images "
+                   "100..9999 (plstm_np.event_camera), drawn afresh every epoch")
     p.add_argument("--backend", choices=["numba", "numpy", "cuda"], default="numba",
                    help="compute backend (default numba; falls back to numpy if it cannot run)")
     p.add_argument("--overwrite", action="store_true",
@@ -261,7 +281,8 @@ def _train(args, out):
     keys = ("model", "sampling", "variant", "seed", "n_train", "n_val", "epochs", "batch_size",
             "lr", "hidden_size", "tau_exp_range", "r_on", "learn_r_on", "fresh_data",
             "grad_clip", "readout", "input_gate_bias", "time_scale", "rho", "patience",
-            "max_batches", "backend", "dtype")
+            "max_batches", "augment_shift", "augment_jitter_ms", "n_simulated", "backend",
+            "dtype")
     cfg = ex.default_config(args.task, **{k: getattr(args, k) for k in keys})
     shown = {k: v for k, v in cfg.items() if v is not None}
     print("plstm-np train: " + " ".join(f"{k}={v}" for k, v in shown.items()), file=out)

@@ -37,11 +37,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .mnist import load_mnist
 from .nmnist import EVENT_DTYPE, SENSOR_SIZE
 from .validation import as_rng, check_real
 
 __all__ = ["SACCADE_VERTICES", "SACCADE_CENTRES_MS", "SACCADE_MS", "DURATION_MS",
-           "IMAGE_OFFSET", "saccade_path", "simulate_events", "simulate_saccades"]
+           "IMAGE_OFFSET", "PRETRAINING_IMAGES", "saccade_path", "simulate_events",
+           "simulate_saccades", "simulate_mnist"]
 
 #: The image's displacement (x, y) in pixels at rest before, between and after the saccades.
 SACCADE_VERTICES = np.array([[0.0, 0.0], [2.2, 4.0], [5.1, 0.0], [0.0, 0.0]])
@@ -53,6 +55,10 @@ SACCADE_MS = 80.0
 DURATION_MS = 300.0
 #: Where a 28 x 28 image's top-left corner sits on the 34 x 34 sensor (x, y) at rest.
 IMAGE_OFFSET = (0.0, 1.0)
+#: The shipped MNIST test images that simulated recordings may be made of: 100 to 9999.
+#: Images 0-99 are held back, never trained on. (The shipped real recordings are of MNIST
+#: *training* images 0-999, so no simulated recording shows a digit a real one shows.)
+PRETRAINING_IMAGES = range(100, 10_000)
 
 
 def saccade_path(t_ms):
@@ -177,3 +183,40 @@ def simulate_saccades(image, *, threshold=0.375, threshold_std=0.03, baseline=0.
         for dx, dy in path]).clip(0.0, 1.0) + baseline)
     return simulate_events(frames, times, threshold=threshold, threshold_std=threshold_std,
                            rng=rng)
+
+
+def simulate_mnist(indices, *, rng=None, images=None, labels=None, **kwargs):
+    """Simulated N-MNIST recordings of shipped MNIST test images (for pretraining).
+
+    Parameters
+    ----------
+    indices : array_like of int
+        Test-set images, each in :data:`PRETRAINING_IMAGES` (100..9999; images 0-99 are
+        never used).
+    rng : Generator, int or None
+        Draws each recording's pixel thresholds.
+    images, labels : ndarray, optional
+        The MNIST test set as :func:`plstm_np.mnist.load_mnist` returns it (loaded when
+        not given; pass it to avoid reading it again).
+    **kwargs
+        Passed to :func:`simulate_saccades` (``threshold``, ``threshold_std``, ...).
+
+    Returns
+    -------
+    recordings : list of ndarray of :data:`plstm_np.nmnist.EVENT_DTYPE`
+    labels : ndarray (len(indices),) int64
+    """
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+        raise ValueError(f"indices must be a 1-D array of ints, got {idx.dtype} with shape "
+                         f"{idx.shape}")
+    low, high = PRETRAINING_IMAGES.start, PRETRAINING_IMAGES.stop
+    bad = idx[(idx < low) | (idx >= high)]
+    if bad.size:
+        raise ValueError(f"indices must lie in {low}..{high - 1} (MNIST test images 0-"
+                         f"{low - 1} are held back), got {int(bad[0])}")
+    if images is None or labels is None:
+        images, labels = load_mnist()
+    rng = as_rng(rng)
+    recordings = [simulate_saccades(images[i], rng=rng, **kwargs) for i in idx]
+    return recordings, np.asarray(labels, np.int64)[idx]

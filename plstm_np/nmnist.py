@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import Dataset
-from .validation import as_rng, check_dtype
+from .validation import as_rng, check_dtype, check_real
 
 __all__ = [
     "SENSOR_SIZE", "NUM_ADDRESSES", "EVENT_DTYPE", "DATA_DIR", "read_events", "read_labels",
-    "load_nmnist", "stratified_split", "subsample", "to_dataset",
+    "load_nmnist", "stratified_split", "subsample", "augment", "to_dataset",
 ]
 
 SENSOR_SIZE = 34
@@ -277,6 +277,55 @@ def subsample(events, rho, rng=None):
     if rho == 1.0:
         return events.copy()
     return events[as_rng(rng).random(len(events)) < rho]
+
+
+def augment(events, rng=None, *, max_shift=0, jitter_ms=0.0, sensor_size=SENSOR_SIZE):
+    """A recording moved on the sensor and jittered in time: training augmentation.
+
+    The two perturbations event-vision practice uses against overfitting a few thousand
+    recordings: the whole recording is shifted by ``(dx, dy)`` pixels, each drawn uniformly
+    from ``-max_shift..max_shift`` (the digit sits a little elsewhere; events pushed off the
+    sensor are dropped), and every event's time gets its own ``N(0, jitter_ms)`` offset
+    (clipped at 0 and rounded to whole microseconds; the events are then re-sorted by time,
+    ties in their original order).
+
+    Parameters
+    ----------
+    events : structured ndarray of :data:`EVENT_DTYPE`
+        One recording.
+    rng : Generator, int or None
+    max_shift : int >= 0
+        Largest shift in pixels (0: no shift).
+    jitter_ms : float >= 0
+        Standard deviation of the time jitter in ms (0: none).
+    sensor_size : int
+
+    Returns
+    -------
+    ndarray of :data:`EVENT_DTYPE`
+        A new array (the input is not changed); with both perturbations off, a copy.
+    """
+    if getattr(events, "dtype", None) != EVENT_DTYPE:
+        raise TypeError(f"events must be a structured array of nmnist.EVENT_DTYPE, got "
+                        f"{getattr(events, 'dtype', type(events).__name__)}")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) \
+            or not 0 <= max_shift < sensor_size:
+        raise ValueError(f"max_shift must be an int in 0..{sensor_size - 1}, got {max_shift!r}")
+    jitter_ms = check_real(jitter_ms, "jitter_ms", low=0.0)
+    rng = as_rng(rng)
+    out = events.copy()
+    if max_shift:
+        dx, dy = rng.integers(-max_shift, max_shift + 1, size=2)
+        x = out["x"].astype(np.int64) + dx
+        y = out["y"].astype(np.int64) + dy
+        inside = (x >= 0) & (x < sensor_size) & (y >= 0) & (y < sensor_size)
+        out = out[inside]
+        out["x"], out["y"] = x[inside], y[inside]
+    if jitter_ms:
+        t = out["t"] + np.round(rng.normal(0.0, jitter_ms * 1000.0, len(out))).astype(np.int64)
+        out["t"] = np.maximum(t, 0)
+        out = out[np.argsort(out["t"], kind="stable")]
+    return out
 
 
 def to_dataset(recordings, labels, *, rho=1.0, rng=None, dtype=np.float64):

@@ -330,3 +330,21 @@ def test_a_failed_overwrite_never_mixes_two_runs(tmp_path, capsys, monkeypatch):
     assert sorted(left) == ["config.json", "run.log"]
     assert json.loads(left["config.json"])["seed"] == 3
     assert b"old line" not in left["run.log"] and b"training plstm" in left["run.log"]
+
+
+def test_train_nmnist_with_augmentation_and_simulated_recordings(tmp_path, capsys):
+    out = tmp_path / "aug"
+    code, text, _ = run(["train", "nmnist", "--epochs", "1", "--n-train", "4", "--n-val", "3",
+                         "--hidden", "3", "--batch-size", "3", "--rho", "0.05",
+                         "--augment-shift", "1", "--augment-jitter-ms", "0.5",
+                         "--n-simulated", "2", "--quiet", "--out", str(out)], capsys)
+    assert code == 0 and "trained 1 epochs on 6 sequences" in text
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["augment_shift"], cfg["augment_jitter_ms"], cfg["n_simulated"]) == (1, 0.5, 2)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "nmnist", "--n-simulated", "-1"])
+    assert info.value.code == 2
+    assert "--n-simulated: expected an integer >= 0" in capsys.readouterr().err
+    code, _, err = run(["train", "freq", "--augment-shift", "1", "--out", str(tmp_path / "f")],
+                       capsys)
+    assert code == 2 and "augment_shift applies to N-MNIST" in err

@@ -101,6 +101,19 @@ def test_simulated_recordings_encode_like_real_ones(digits):
     assert data.t.max() <= ec.DURATION_MS
 
 
+def test_simulate_mnist_uses_only_images_100_to_9999(digits):
+    images, labels = mnist.load_mnist()
+    recs, ys = ec.simulate_mnist([100, 9999, 250], rng=5, images=images, labels=labels)
+    np.testing.assert_array_equal(ys, labels[[100, 9999, 250]])
+    again = ec.simulate_saccades(images[100], rng=np.random.default_rng(5))
+    np.testing.assert_array_equal(recs[0], again)  # the first draw of the same generator
+    for bad in ([99], [0, 100], [10_000]):
+        with pytest.raises(ValueError, match=r"indices must lie in 100..9999"):
+            ec.simulate_mnist(bad, images=images, labels=labels)
+    with pytest.raises(ValueError, match="indices must be a 1-D array of ints"):
+        ec.simulate_mnist([150.0], images=images, labels=labels)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: ec.simulate_events(np.zeros((3, 2)), np.arange(3.0)), "frames must have shape"),
     (lambda: ec.simulate_events(np.zeros((3, 2, 2)), np.arange(2.0)), "times_ms must have"),

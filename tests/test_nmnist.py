@@ -281,6 +281,58 @@ def test_subsample():
         nmnist.subsample(ev, 0.0)
 
 
+def _hand_events(rows):
+    ev = np.zeros(len(rows), nmnist.EVENT_DTYPE)
+    for i, (x, y, p, t) in enumerate(rows):
+        ev[i] = (x, y, p, t)
+    return ev
+
+
+def test_augment_shifts_the_whole_recording_and_drops_what_leaves_the_sensor():
+    ev = _hand_events([(0, 5, 1, 10), (33, 0, 0, 20), (10, 10, 1, 30), (16, 33, 0, 40)])
+    seen = set()
+    for seed in range(300):  # P(some shift never drawn) < 25 (24/25)^300 ~ 1e-4
+        out = nmnist.augment(ev, seed, max_shift=2)
+        # the shift drawn, recovered from the event at (10, 10), which can never leave
+        (k,) = np.flatnonzero(out["t"] == 30)
+        dx, dy = int(out["x"][k]) - 10, int(out["y"][k]) - 10
+        seen.add((dx, dy))
+        expect = [(x + dx, y + dy, p, t) for x, y, p, t in ev.tolist()
+                  if 0 <= x + dx < 34 and 0 <= y + dy < 34]
+        assert out.tolist() == expect
+    assert seen == {(a, b) for a in range(-2, 3) for b in range(-2, 3)}  # all 25 shifts
+    np.testing.assert_array_equal(nmnist.augment(ev, 0), ev)  # off: a copy
+    assert nmnist.augment(ev, 0) is not ev
+
+
+def test_augment_jitters_each_time_and_keeps_the_recording_sorted():
+    ev = nmnist.read_events(SMALL / "1.bs2")
+    out = nmnist.augment(ev, 3, jitter_ms=2.0)
+    assert len(out) == len(ev) and np.all(np.diff(out["t"]) >= 0) and out["t"].min() >= 0
+    # the same events (addresses and polarities), each moved by about 2 ms
+    assert sorted(map(tuple, out[["x", "y", "p"]].tolist())) == \
+        sorted(map(tuple, ev[["x", "y", "p"]].tolist()))
+    alone = _hand_events([(3, 4, 1, 100_000)] * 4000)
+    moved = nmnist.augment(alone, 1, jitter_ms=2.0)["t"] - 100_000
+    assert abs(moved.mean()) < 100 and abs(moved.std() - 2000) < 100  # N(0, 2 ms) in us
+    early = nmnist.augment(_hand_events([(3, 4, 1, 0)] * 50), 2, jitter_ms=5.0)
+    assert early["t"].min() == 0  # clipped, not negative
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(max_shift=-1), ValueError, "max_shift must be an int in 0..33"),
+    (dict(max_shift=34), ValueError, "max_shift must be an int in 0..33"),
+    (dict(max_shift=1.5), ValueError, "max_shift must be an int"),
+    (dict(jitter_ms=-1.0), ValueError, "jitter_ms must be a finite number >= 0"),
+    (dict(jitter_ms=float("nan")), ValueError, "jitter_ms must be a finite number"),
+])
+def test_augment_refuses_bad_arguments_by_name(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        nmnist.augment(_hand_events([(1, 1, 1, 5)]), 0, **kwargs)
+    with pytest.raises(TypeError, match="events must be a structured array"):
+        nmnist.augment(np.zeros(3), 0)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_to_dataset_encoding(dtype):
     recordings = [nmnist.read_events(SMALL / f"{i}.bs2") for i in (1, 2, 3)]

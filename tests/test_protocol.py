@@ -127,6 +127,57 @@ def test_nmnist_fresh_data_resamples_the_events_of_the_same_recordings():
     np.testing.assert_array_equal(val.y, ex.make_data(cfg)[1].y)  # validation is fixed
 
 
+def test_nmnist_augmentation_moves_and_jitters_the_same_recordings_and_adds_simulated_ones(
+        monkeypatch):
+    """With augmentation an epoch holds the run's training recordings (the same labels as
+    without it), each moved on the sensor and jittered, plus n_simulated simulated ones from
+    MNIST test images 100..9999 (labels theirs); validation is untouched."""
+    from plstm_np import mnist
+    from plstm_np.experiments import runs
+
+    drawn = []
+    simulate = runs.simulate_mnist
+
+    def recording(indices, **kwargs):
+        drawn.append(np.asarray(indices))
+        return simulate(indices, **kwargs)
+
+    monkeypatch.setattr(runs, "simulate_mnist", recording)
+    plain = ex.default_config("nmnist", n_train=10, n_val=5, rho=1.0)
+    cfg = dict(plain, augment_shift=2, augment_jitter_ms=1.0, n_simulated=3)
+    train, val = ex.make_data(cfg)
+    assert len(train) == 13  # known before the first epoch is drawn (the trainer asks)
+    base = ex.make_data(plain)[0](1)
+    e1, e2 = train(1), train(2)
+    assert len(train) == len(e1) == len(e2) == 13
+    np.testing.assert_array_equal(e1.y[:10], base.y)  # the same real recordings, first
+    _, labels = mnist.load_mnist()
+    assert len(drawn) == 2 and all(d.min() >= 100 and d.max() <= 9999 for d in drawn)
+    np.testing.assert_array_equal(e1.y[10:], labels[drawn[0]])
+    assert not np.array_equal(drawn[0], drawn[1])  # fresh images every epoch
+    # every real recording perturbed: the timestamps move, the event counts may drop a little
+    for i in range(10):
+        n, m = base.lengths[i], e1.lengths[i]
+        assert m <= n and m > 0.5 * n
+        assert m < n or not np.array_equal(e1.t[i, :n], base.t[i, :n])
+    np.testing.assert_array_equal(e1.t, train(1).t)  # an epoch is reproducible (resume)
+    np.testing.assert_array_equal(val.tokens, ex.make_data(plain)[1].tokens)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(task="frequency", augment_shift=1), "augment_shift applies to N-MNIST"),
+    (dict(fresh_data=False, n_simulated=5), "n_simulated perturbs every epoch afresh"),
+    (dict(augment_shift=34), r"augment_shift must be an integer in 0..33"),
+    (dict(augment_shift=True), r"augment_shift must be an integer"),
+    (dict(n_simulated=9901), r"n_simulated must be an integer in 0..9900"),
+    (dict(augment_jitter_ms=-0.5), "augment_jitter_ms must be a finite number >= 0"),
+])
+def test_nmnist_augmentation_options_are_checked_by_name(overrides, match):
+    task = overrides.pop("task", "nmnist")
+    with pytest.raises(ValueError, match=match):
+        ex.default_config(task, **overrides)
+
+
 # ----------------------------------------------------------------------------- superimposed
 
 def test_superimposed_authors_variant_follows_the_authors_script():

@@ -14,6 +14,9 @@ import dataclasses
 
 import numpy as np
 
+from ..event_camera import PRETRAINING_IMAGES
+from ..nmnist import SENSOR_SIZE
+
 __all__ = ["TaskSpec", "TASK_SPECS", "TASK_ALIASES", "MODELS", "PAPER_MODELS", "MODEL_NAMES",
            "READOUTS", "VARIANTS",
            "SAMPLED_TASKS", "canonical_task", "default_config"]
@@ -152,7 +155,9 @@ def default_config(task="frequency", **overrides):
         ``r_on`` (initial open ratio), ``learn_r_on``, ``fresh_data``, ``grad_clip``
         (None: off), ``readout``, ``input_gate_bias``, ``time_scale`` (the LSTM's), ``rho``
         (N-MNIST event rate), ``split_seed``, ``max_grad_norm``, ``patience``,
-        ``max_batches``, ``backend``, ``dtype``.
+        ``max_batches``, ``augment_shift``, ``augment_jitter_ms`` and ``n_simulated``
+        (N-MNIST training augmentation, None: off; see
+        :class:`~plstm_np.experiments.runs.FreshData`), ``backend``, ``dtype``.
     """
     task = canonical_task(task)
     spec = TASK_SPECS[task]
@@ -164,6 +169,7 @@ def default_config(task="frequency", **overrides):
                grad_clip=spec.grad_clip, readout=spec.readout,
                input_gate_bias=spec.input_gate_bias, time_scale=spec.time_scale, rho=1.0,
                split_seed=0, max_grad_norm=None, patience=None, max_batches=None,
+               augment_shift=None, augment_jitter_ms=None, n_simulated=None,
                backend="numba", dtype=spec.dtype)
     unknown = set(overrides) - set(cfg)
     if unknown:
@@ -219,5 +225,23 @@ def _check(cfg, task):
         raise ValueError(f"tau_exp_range must be (low, high) with low <= high, "
                          f"got {cfg['tau_exp_range']}")
     cfg["tau_exp_range"] = [float(lo), float(hi)]
+    _check_augmentation(cfg, task)
     if cfg["dtype"] not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {cfg['dtype']!r}")
+
+
+def _check_augmentation(cfg, task):
+    keys = [k for k in ("augment_shift", "augment_jitter_ms", "n_simulated")
+            if cfg[k] is not None]
+    if keys and task != "nmnist":
+        raise ValueError(f"{keys[0]} applies to N-MNIST, not to {task!r}")
+    if keys and not cfg["fresh_data"]:
+        raise ValueError(f"{keys[0]} perturbs every epoch afresh: it needs fresh_data=True")
+    for key, high in (("augment_shift", SENSOR_SIZE - 1), ("n_simulated", len(PRETRAINING_IMAGES))):
+        v = cfg[key]
+        if v is not None and not (isinstance(v, (int, np.integer))
+                                  and not isinstance(v, bool) and 0 <= v <= high):
+            raise ValueError(f"{key} must be an integer in 0..{high}, got {v!r}")
+    v = cfg["augment_jitter_ms"]
+    if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+        raise ValueError(f"augment_jitter_ms must be a finite number >= 0, got {v!r}")

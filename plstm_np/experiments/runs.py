@@ -53,12 +53,14 @@ import numpy as np
 
 from ..backends import BackendUnavailableError, get_backend
 from ..batchnorm import BatchNorm
+from ..event_camera import PRETRAINING_IMAGES, simulate_mnist
 from ..files import write_json_atomic
 from ..gru import GRU, PhasedGRU
 from ..io import load_checkpoint
 from ..layers import LSTM, PhasedLSTM
+from ..mnist import load_mnist
 from ..network import Dense, Embedding, Network
-from ..nmnist import NUM_ADDRESSES, load_nmnist, to_dataset
+from ..nmnist import NUM_ADDRESSES, augment, load_nmnist, stratified_split, to_dataset
 from ..optim import Adam
 from ..statistics import binomial_interval
 from ..tasks import TASKS, multirate_timing, train_val_split
@@ -95,6 +97,34 @@ def _real_data(cfg, events_rng=None):
     return train_part, val_part
 
 
+def _nmnist_epoch(cfg, rng):
+    """An N-MNIST training epoch with augmentation: the run's training recordings (the
+    split and ``n_train`` as without it), each moved by up to ``augment_shift`` pixels and
+    jittered by ``augment_jitter_ms``, plus ``n_simulated`` recordings simulated from MNIST
+    test images 100..9999 drawn afresh (perturbed alike), all drawn at rate ``rho``."""
+    recordings, labels = load_nmnist()
+    train_idx, _ = stratified_split(labels, 0.1, rng=cfg["split_seed"])  # as _real_data
+    if cfg["n_train"] < len(train_idx):  # as _subset
+        pick = np.random.default_rng([cfg["seed"], 0]).choice(len(train_idx), cfg["n_train"],
+                                                              replace=False)
+        train_idx = train_idx[np.sort(pick)]
+    recordings, labels = [recordings[i] for i in train_idx], labels[train_idx]
+    if cfg.get("n_simulated"):
+        images, image_labels = load_mnist()
+        picks = np.sort(rng.choice(np.asarray(PRETRAINING_IMAGES), cfg["n_simulated"],
+                                   replace=False))
+        simulated, simulated_labels = simulate_mnist(picks, rng=rng, images=images,
+                                                     labels=image_labels)
+        recordings, labels = recordings + simulated, np.concatenate([labels, simulated_labels])
+    shift, jitter = cfg.get("augment_shift") or 0, cfg.get("augment_jitter_ms") or 0.0
+    recordings = [augment(r, rng, max_shift=shift, jitter_ms=jitter) for r in recordings]
+    return to_dataset(recordings, labels, rho=cfg["rho"], rng=rng, dtype=np.dtype(cfg["dtype"]))
+
+
+def _augments(cfg):
+    return any(cfg.get(k) for k in ("augment_shift", "augment_jitter_ms", "n_simulated"))
+
+
 class FreshData:
     """The training data of a run that draws it afresh every epoch: ``data(epoch)`` is the
     Dataset of that epoch (1-based), generated from ``default_rng([seed, 0, epoch])``, so
@@ -102,7 +132,8 @@ class FreshData:
 
     Synthetic tasks draw ``n_train`` new sequences. N-MNIST keeps its training recordings
     (the split and the ``n_train`` drawn from it do not change) and draws their events at
-    rate ``rho`` anew.
+    rate ``rho`` anew; with ``augment_shift``, ``augment_jitter_ms`` or ``n_simulated`` it
+    also moves and jitters them and adds simulated recordings (:func:`_nmnist_epoch`).
     """
 
     def __init__(self, cfg):
@@ -117,8 +148,11 @@ class FreshData:
         rng = np.random.default_rng([seed, 0, int(epoch)])
         if TASK_SPECS[cfg["task"]].synthetic:
             return _generate(cfg, cfg["n_train"], rng)
-        train_part, _ = _real_data(cfg, events_rng=rng)
-        data = _subset(train_part, cfg["n_train"], np.random.default_rng([seed, 0]))
+        if _augments(cfg):
+            data = _nmnist_epoch(cfg, rng)
+        else:
+            train_part, _ = _real_data(cfg, events_rng=rng)
+            data = _subset(train_part, cfg["n_train"], np.random.default_rng([seed, 0]))
         self._size = len(data)
         return data
 
@@ -126,7 +160,8 @@ class FreshData:
         if TASK_SPECS[self.cfg["task"]].synthetic:
             return self.cfg["n_train"]
         if self._size is None:
-            self._size = min(self.cfg["n_train"], len(_real_data(self.cfg)[0]))
+            self._size = (min(self.cfg["n_train"], len(_real_data(self.cfg)[0]))
+                          + (self.cfg.get("n_simulated") or 0))
         return self._size
 
     def __repr__(self):
