@@ -46,10 +46,10 @@ from __future__ import annotations
 import numpy as np
 
 from .backends import check_backend, get_backend
-from .layers import TimeInput
+from .layers import PhasedLSTM, TimeInput
 from .optim import R_ON_MIN, TAU_MIN
 from .reference import sigmoid
-from .time_gate import min_kink_distance, phase, time_gate_with_grads, timing_gradients
+from .time_gate import phase, time_gate_with_grads, timing_gradients
 from .validation import (
     as_rng,
     check_backward,
@@ -416,14 +416,7 @@ class PhasedGRU:
         _, backward = self._kernels(cache["backend"])
         return backward(dh, dhT, cache)
 
-    def min_kink_distance(self, t, lengths):
-        """Smallest phase distance of any valid (sample, step, neuron) from a kink of the
-        time gate (``inf`` with the gate forced open): finite differences of a gradient
-        check must move the phase less than this."""
-        if self.gate_open:
-            return np.inf
-        p = self.params
-        return min_kink_distance(t, lengths, p["tau"], p["s"], p["r_on"])
+    min_kink_distance = PhasedLSTM.min_kink_distance  # the same time gate
 
     def config(self):
         """Hyper-parameters as a JSON-serialisable dict (parameters are saved separately)."""
