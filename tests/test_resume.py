@@ -274,9 +274,11 @@ def test_interrupted_reproduce_resumes_to_the_uninterrupted_results(tmp_path, mo
 
 
 def strip_seconds(results):
-    """results.json without the wall-clock figures (and the figures' paths)."""
+    """results.json without the wall-clock figures and where it was written (the figures'
+    paths, the folder and the command's --out)."""
     results = json.loads(json.dumps(results))
-    results.pop("figures", None)
+    for key in ("figures", "folder", "command"):
+        results.pop(key, None)
     for c in results["conditions"].values():
         for key in [k for k in c if k.startswith("seconds")]:
             del c[key]
