@@ -268,6 +268,30 @@ def test_a_reproduction_publishes_each_conditions_median_run_at_its_last_epoch(t
         "checkpoints"] == results["checkpoints"]
 
 
+def test_a_published_checkpoint_outlives_its_runs_resume_state(tmp_path):
+    """Resume states are not in version control: rebuilding the table from a clone keeps the
+    checkpoint published from the median run, and only that run's; another run's is not
+    listed."""
+    kw = dict(conditions=["plstm-async"], seeds=3, epochs=2, n_train=16, n_val=16,
+              hidden_size=4, batch_size=8, log=lambda m: None)
+    first = ex.reproduce("frequency", tmp_path, **kw)
+    entry = first["checkpoints"]["plstm-async"]
+    runs = tmp_path / "frequency" / "runs" / "plstm-async"
+    for state in runs.glob("seed*/last.npz"):
+        state.unlink()
+    messages = []
+    again = ex.reproduce("frequency", tmp_path, **dict(kw, log=messages.append))
+    assert again["checkpoints"] == first["checkpoints"]
+    assert any("kept" in m for m in messages)
+    other = next(r for r in first["conditions"]["plstm-async"]["runs"]
+                 if r["seed"] != entry["seed"])
+    net, _, meta = pl.load_checkpoint(tmp_path / "frequency" / entry["path"])
+    cfg = json.loads((runs / f"seed{other['seed']}" / "config.json").read_text())
+    net.save(tmp_path / "frequency" / entry["path"], overwrite=True,
+             metadata=dict(meta, seed=other["seed"], config=cfg))
+    assert ex.reproduce("frequency", tmp_path, **kw)["checkpoints"] == {}
+
+
 def test_the_table_names_the_command_that_remakes_it(tmp_path, capsys):
     """results.md ends with the ``plstm-np reproduce`` command of its protocol: run on the
     same folder it reuses every run (a wrong flag would refuse the folder or retrain), and

@@ -294,8 +294,10 @@ def publish_checkpoints(root, results, *, log=print):
     its resume state ``last.npz``, so that evaluating it gives the table's final figure),
     saved with its parameters only (no optimizer state; the runs' dtype, float32 by
     default) and the metadata ``config``, ``epoch``, ``seed`` and ``selection`` = 'last
-    epoch'. A condition whose chosen run has no ``last.npz`` (e.g. trained on another
-    machine) is skipped with a message. An existing file is replaced.
+    epoch'. An existing file is replaced. Where the chosen run has no ``last.npz`` (resume
+    states are not kept in version control, nor copied with a clone), an existing
+    checkpoint that was published from that very run (same seed, configuration and last
+    epoch) is kept and listed; otherwise the condition is skipped with a message.
 
     Returns
     -------
@@ -311,11 +313,17 @@ def publish_checkpoints(root, results, *, log=print):
         order = np.argsort([r[key] for r in runs], kind="stable")
         run = runs[int(order[(len(runs) - 1) // 2])]
         state = root / "runs" / cond / f"seed{run['seed']}" / "last.npz"
+        out = root / CHECKPOINT_FOLDER / f"{cond}.npz"
         if not state.exists():
-            log(f"[{results['experiment']}] {cond}: no {state} to publish; skipped")
+            if _published_from(out, state.parent, run):
+                published[cond] = dict(path=str(out.relative_to(root)), seed=run["seed"],
+                                       epoch=run["epochs"], **{key: run[key]})
+                log(f"[{results['experiment']}] {cond}: no {state}; kept {out}, published "
+                    f"from that run")
+            else:
+                log(f"[{results['experiment']}] {cond}: no {state} to publish; skipped")
             continue
         net, _, meta = load_checkpoint(state)
-        out = root / CHECKPOINT_FOLDER / f"{cond}.npz"
         out.parent.mkdir(parents=True, exist_ok=True)
         net.save(out, metadata=dict(config=meta["config"], epoch=meta["epoch"],
                                     seed=run["seed"], selection="last epoch"),
@@ -323,3 +331,14 @@ def publish_checkpoints(root, results, *, log=print):
         published[cond] = dict(path=str(out.relative_to(root)), seed=run["seed"],
                                epoch=meta["epoch"], **{key: run[key]})
     return published
+
+
+def _published_from(path, run_dir, run):
+    """Whether ``path`` is a checkpoint published from the run in ``run_dir`` (summary
+    ``run``): its metadata's seed, configuration and epoch are the run's, at its last epoch."""
+    if not path.exists():
+        return False
+    _, _, meta = load_checkpoint(path)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    return (meta.get("seed") == run["seed"] and meta.get("config") == cfg
+            and meta.get("epoch") == run["epochs"] == cfg["epochs"])
