@@ -120,7 +120,8 @@ def results_markdown(results):
     if any("test_mean" in c for c in conds.values()):
         rhos = list(next(iter(conds.values()))["test_mean"])
         lines += ["", "Test at several event rates rho (trained at rho = "
-                  f"{p.get('rho', 1.0)}), mean over seeds:", "",
+                  f"{p.get('rho', 1.0)}) on the validation split, the network after its "
+                  "last epoch, mean over seeds:", "",
                   "| condition | " + " | ".join(f"acc. rho={r} (%)" for r in rhos)
                   + " | updates/neuron at rho=" + rhos[-1] + " | dense |",
                   "|---|" + "---|" * (len(rhos) + 2)]

@@ -268,8 +268,10 @@ def _summarise(history, loss, layer=0):
 
 
 def _test_rhos(run_dir, rhos, layer, log):
-    """Accuracy and updates at several event rates; kept in ``test_rhos.json`` so that a
-    later reproduction reuses them (also without the checkpoint)."""
+    """Accuracy and updates at several event rates of the network after the **last** epoch
+    (``last.npz``: the table's figures are of the last epoch, without model selection on the
+    held-out split they are measured on); kept in ``test_rhos.json`` so that a later
+    reproduction reuses them (also without the resume state)."""
     path = run_dir / "test_rhos.json"
     if path.exists():
         saved = json.loads(path.read_text())
@@ -277,7 +279,7 @@ def _test_rhos(run_dir, rhos, layer, log):
             return saved
     out = {}
     for rho in rhos:
-        r = evaluate_checkpoint(run_dir, rho=rho, log=log)
+        r = evaluate_checkpoint(run_dir / "last.npz", rho=rho, log=log)
         out[str(rho)] = dict(accuracy=r["accuracy"], loss=r["loss"],
                              updates_per_neuron=r["updates_per_neuron"][layer],
                              dense_updates_per_neuron=r["dense_updates_per_neuron"])

@@ -433,7 +433,8 @@ def evaluate_checkpoint(path, *, nmnist_folder=None, label_file=None, rho=None, 
     Parameters
     ----------
     path : str or Path
-        A ``checkpoint.npz``, or a run folder holding one.
+        A ``checkpoint.npz`` (or a run's resume state ``last.npz``, the last epoch), or a
+        run folder holding a ``checkpoint.npz``.
     nmnist_folder : str or Path, optional
         Evaluate on these N-MNIST recordings (``.bin``/``.bs2``, labels from ``label_file``,
         the folder's only ``.txt`` file or per-digit sub-folders) instead of the task's
@@ -457,8 +458,8 @@ def evaluate_checkpoint(path, *, nmnist_folder=None, label_file=None, rho=None, 
         accuracy, :func:`plstm_np.statistics.binomial_interval`),
         ``config``, ``epoch`` (the training epoch the checkpoint holds), ``selection``
         (why that epoch: 'lowest validation loss' for a run's ``checkpoint.npz``, 'last
-        epoch' for a published one), ``recurrent_layer`` (the index of the first recurrent
-        layer, :attr:`plstm_np.Network.recurrent_index`).
+        epoch' for a published one or a ``last.npz``), ``recurrent_layer`` (the index of
+        the first recurrent layer, :attr:`plstm_np.Network.recurrent_index`).
     """
     path = Path(path)
     if path.is_dir():
@@ -493,7 +494,8 @@ def evaluate_checkpoint(path, *, nmnist_folder=None, label_file=None, rho=None, 
     result = net.evaluate(data, batch_size=batch_size)
     result.update(n=len(data), data=source, measured_on=measured_on, config=cfg,
                   epoch=meta.get("epoch"),
-                  selection=meta.get("selection", "lowest validation loss"),
+                  selection=meta.get("selection", "last epoch" if path.name == "last.npz"
+                                     else "lowest validation loss"),
                   recurrent_layer=net.recurrent_index)
     if "accuracy" in result:
         correct = round(result["accuracy"] * len(data))
