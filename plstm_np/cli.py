@@ -113,7 +113,7 @@ def _experiment(text):
 
 #: The protocol options ``train`` and ``reproduce`` share (configuration keys).
 _PROTOCOL_OPTIONS = ("learn_r_on", "fresh_data", "grad_clip", "readout", "input_gate_bias",
-                     "time_scale", "variant", "augment_shift", "augment_jitter_ms",
+                     "time_scale", "time_input", "variant", "augment_shift", "augment_jitter_ms",
                      "n_simulated")
 
 
@@ -147,6 +147,9 @@ def _add_run_options(p, *, reproduce=False):
     p.add_argument("--time-scale", type=_positive_finite_float, dest="time_scale",
                    help="LSTM baseline: its timestamp input is t * SCALE (1: raw ms, as the "
                    "authors' code)")
+    p.add_argument("--time-input", action=argparse.BooleanOptionalAction, dest="time_input",
+                   help="give the baselines (LSTM, BN-LSTM, GRU) the timestamp as an input "
+                   "(default: the task's protocol; yes except in sequential MNIST)")
     p.add_argument("--variant", choices=list(ex.VARIANTS),
                    help="superimposed task: the paper's text (default) or the authors' script")
     p.add_argument("--augment-shift", type=_non_negative_int, dest="augment_shift",
@@ -277,7 +280,8 @@ def _print_metrics(result, out, layer):
 def _train(args, out):
     keys = ("model", "sampling", "variant", "seed", "n_train", "n_val", "epochs", "batch_size",
             "lr", "hidden_size", "tau_exp_range", "r_on", "learn_r_on", "fresh_data",
-            "grad_clip", "readout", "input_gate_bias", "time_scale", "rho", "patience",
+            "grad_clip", "readout", "input_gate_bias", "time_scale", "time_input", "rho",
+            "patience",
             "max_batches", "augment_shift", "augment_jitter_ms", "n_simulated", "backend",
             "dtype")
     cfg = ex.default_config(args.task, **{k: getattr(args, k) for k in keys})

@@ -535,7 +535,8 @@ class Network:
         check_finite(y, "y", None if mask is None else mask[:, :, None])
         return (y if mask is None else np.where(mask[:, :, None], y, 0)), mask
 
-    def loss_and_grads(self, batch, *, state=None, training=True, need_grads=True):
+    def loss_and_grads(self, batch, *, state=None, training=True, need_grads=True,
+                       with_hits=False):
         """Loss of a batch and the gradients of every parameter.
 
         Parameters
@@ -546,6 +547,8 @@ class Network:
         training : bool
         need_grads : bool
             Skip the backward pass (and return ``None`` for the gradients).
+        with_hits : bool
+            Also return ``hits``.
 
         Returns
         -------
@@ -553,14 +556,26 @@ class Network:
         grads : dict or None
             As :meth:`backward` returns; None also when the loss is not finite (the network
             diverged: there is nothing to differentiate).
+        hits : (int, int) or None
+            Only with ``with_hits``: the correctly classified targets of this forward pass
+            and their number (None for an MSE network).
         """
         out, _, cache = self.forward(batch.x, batch.t, batch.lengths, batch.tokens, state,
                                      training)
         y, mask = self.check_targets(batch.y, cache["lengths"], cache["T"])
         loss, dout = LOSSES[self.loss_name](out, y, mask)
-        if not need_grads or not np.isfinite(loss):
-            return loss, None
-        return loss, self.backward(dout, cache)
+        grads = None
+        if need_grads and np.isfinite(loss):
+            grads = self.backward(dout, cache)
+        return (loss, grads, self._hits(out, y, mask)) if with_hits else (loss, grads)
+
+    def _hits(self, out, y, mask):
+        """(correct, targets) of a cross-entropy network's outputs; None for MSE."""
+        if self.loss_name != "cross_entropy":
+            return None
+        hit = out.argmax(-1) == y
+        return (int(hit.sum()), hit.size) if mask is None else (int(hit[mask].sum()),
+                                                                int(mask.sum()))
 
     def predict(self, batch, *, state=None):
         """Outputs at evaluation (alpha = 0) for a :class:`Dataset` batch."""
@@ -600,8 +615,7 @@ class Network:
             n += len(batch)
             updates += cache["updates"]
             if self.loss_name == "cross_entropy":
-                hit = out.argmax(-1) == y
-                correct += int(hit.sum() if mask is None else hit[mask].sum())
+                correct += self._hits(out, y, mask)[0]
         result = {"loss": total / max(count, 1)}
         if self.loss_name == "cross_entropy":
             result["accuracy"] = correct / max(count, 1)

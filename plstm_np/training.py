@@ -102,8 +102,10 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
     -------
     list of dict
         One record per epoch (the restored epochs included): ``epoch``, ``train_loss``,
-        ``seconds``, and ``val_loss``, ``val_accuracy``, ``val_updates_per_neuron`` when
-        ``val_data`` is given.
+        ``seconds``, ``train_accuracy`` (classification: the share of the epoch's training
+        targets classified correctly, each batch in training mode before its update), and
+        ``val_loss``, ``val_accuracy``, ``val_updates_per_neuron`` when ``val_data`` is
+        given.
 
     Raises
     ------
@@ -144,13 +146,15 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
         n_batches = math.ceil(len(data) / batch_size)
         if max_batches is not None:
             n_batches = min(n_batches, max_batches)
-        start, losses = time.perf_counter(), []
+        start, losses, correct, targets = time.perf_counter(), [], 0, 0
         bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress,
                    leave=False)
         for i, batch in enumerate(data.batches(batch_size, rng=rng)):
             if i == n_batches:
                 break
-            loss, grads = net.loss_and_grads(batch, training=True)
+            loss, grads, hits = net.loss_and_grads(batch, training=True, with_hits=True)
+            if hits is not None:
+                correct, targets = correct + hits[0], targets + hits[1]
             if not np.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at epoch {epoch}, batch {i}")
             if max_grad_norm is not None:
@@ -162,6 +166,8 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
         bar.close()
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                   "seconds": time.perf_counter() - start}
+        if targets:  # the training batches' accuracy, each before its update (leak on)
+            record["train_accuracy"] = correct / targets
         if val_data is not None:
             metrics = net.evaluate(val_data, batch_size=eval_batch_size)
             if not np.isfinite(metrics["loss"]):

@@ -292,6 +292,23 @@ def test_a_published_checkpoint_outlives_its_runs_resume_state(tmp_path):
     assert ex.reproduce("frequency", tmp_path, **kw)["checkpoints"] == {}
 
 
+def test_sequential_mnist_reproduction_draws_the_training_batch_accuracy(tmp_path):
+    """The TensorFlow reimplementation's curves: each run's training-batch accuracy per
+    epoch, averaged over seeds, drawn against the update steps in a third panel."""
+    import struct
+
+    results = ex.reproduce("smnist", tmp_path, quick=True, log=lambda m: None)
+    for name, c in results["conditions"].items():
+        logged = json.loads((tmp_path / "smnist" / "runs" / name / "seed0" / "log.json")
+                            .read_text())
+        assert c["runs"][0]["curve_train_accuracy"] == [r["train_accuracy"] for r in logged]
+        assert c["curve_train_accuracy_mean"] == c["runs"][0]["curve_train_accuracy"]
+    assert "the baselines without a time input" in (tmp_path / "smnist" / "results.md").read_text()
+    png = (tmp_path / "smnist" / "smnist_curves.png").read_bytes()
+    width = struct.unpack(">I", png[16:20])[0]
+    assert width == 15 * 120  # three panels of 5 inches at 120 dpi
+
+
 def test_the_table_names_the_command_that_remakes_it(tmp_path, capsys):
     """results.md ends with the ``plstm-np reproduce`` command of its protocol: run on the
     same folder it reuses every run (a wrong flag would refuse the folder or retrain), and

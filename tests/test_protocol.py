@@ -241,6 +241,48 @@ def test_leaky_relu_readout_is_saved_and_streamed(tmp_path):
     np.testing.assert_allclose(streamed, whole[0], rtol=1e-12, atol=1e-14)
 
 
+def test_sequential_mnist_is_the_tensorflow_reimplementations_protocol():
+    """mnist_phased_lstm.py: 32 units, batches of 256, Adam 1e-3, 2,500 updates and more,
+    tau ~ exp(U(0, 6)), r_on learned from 0.05, the pixel index as the time; its
+    BasicLSTMCell reads the pixel only, and so do the baselines here (the BN-LSTM too)."""
+    exp = ex.EXPERIMENTS["smnist"]
+    proto = exp.protocol
+    assert set(exp.conditions) == {"plstm", "lstm"}
+    assert (proto["hidden_size"], proto["batch_size"], proto["lr"]) == (32, 256, 1e-3)
+    assert proto["n_train"] + proto["n_val"] == 10_000
+    assert proto["epochs"] * -(-proto["n_train"] // proto["batch_size"]) >= 2500
+    cfg = ex.default_config("smnist", backend="numpy", hidden_size=32)
+    assert cfg["time_input"] is False and cfg["learn_r_on"] and cfg["r_on"] == 0.05
+    plstm = ex.build_model(cfg).layers[0]
+    tau = plstm.params["tau"]
+    assert np.all((tau >= 1.0) & (tau <= np.exp(6.0))) and tau.max() > np.exp(5.0)
+    assert "layer0.r_on" not in ex.build_model(cfg).frozen
+    widths = {m: ex.build_model(dict(cfg, model=m)).layers[-1].params["Wx"].shape[0]
+              for m in ("lstm", "bnlstm", "gru")}
+    assert widths == {"lstm": 1, "bnlstm": 1, "gru": 1}
+    bn = ex.build_model(dict(cfg, model="bnlstm"))
+    assert [type(layer).__name__ for layer in bn.layers] == ["BatchNorm", "LSTM"]
+    timed = {m: ex.build_model(dict(cfg, model=m, time_input=True)).layers[-1].params["Wx"]
+             for m in ("lstm", "bnlstm", "gru")}
+    assert {m: w.shape[0] for m, w in timed.items()} == {"lstm": 2, "bnlstm": 2, "gru": 2}
+    for task in ("frequency", "nmnist", "adding"):  # the paper's: the timestamp as an input
+        assert ex.default_config(task)["time_input"] is True
+
+
+def test_runs_saved_before_time_input_existed_count_as_timed():
+    """Published runs' config.json lack the key: they meant the timestamp as an input, so
+    they are reused by today's protocol and refused by one without it."""
+    from plstm_np.experiments.run_folders import config_differences
+
+    cfg = ex.default_config("frequency")
+    old = {k: v for k, v in cfg.items() if k != "time_input"}
+    assert config_differences(old, cfg) == []
+    assert config_differences(old, dict(cfg, time_input=False)) == [
+        ("time_input", True, False)]
+    with pytest.raises(ValueError, match="time_input must be True or False"):
+        ex.default_config("smnist", time_input="no")
+
+
 # ----------------------------------------------------------------------------- the command line
 
 def test_cli_protocol_options_reach_the_configuration(tmp_path, capsys):
@@ -248,13 +290,15 @@ def test_cli_protocol_options_reach_the_configuration(tmp_path, capsys):
     code = main(["train", "superimposed", "--variant", "authors", "--no-learn-r-on",
                  "--no-fresh-data", "--grad-clip", "0", "--readout", "linear",
                  "--input-gate-bias", "0.5", "--n-train", "8", "--n-val", "8", "--epochs", "1",
+                 "--no-time-input", "--model", "lstm",
                  "--hidden", "4", "--quiet", "--out", str(out), "--dtype", "float64"])
     assert code == 0, capsys.readouterr()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["variant"] == "authors" and cfg["learn_r_on"] is False
     assert cfg["fresh_data"] is False and cfg["grad_clip"] is None
     assert cfg["readout"] == "linear" and cfg["input_gate_bias"] == 0.5
-    assert cfg["dtype"] == "float64"
+    assert cfg["dtype"] == "float64" and cfg["time_input"] is False
+    assert pl.load(out / "checkpoint.npz").layers[0].params["Wx"].shape[0] == 1  # x only
     with pytest.raises(SystemExit):
         main(["train", "--grad-clip", "-1"])
     assert "expected a finite number >= 0" in capsys.readouterr().err

@@ -41,6 +41,33 @@ def test_training_lowers_the_loss():
     assert np.all(net.params["layer0.tau"] > 0)
 
 
+def test_train_accuracy_is_that_of_each_batch_before_its_update():
+    """Counted by hand: the network of each step, in training mode (leak on), on that step's
+    batch (the loop's own shuffle, replayed with the same generator); none for MSE."""
+    rng = np.random.default_rng(4)
+    data = sine_data(40, rng, T=12)
+
+    def leaky_net():  # a strong leak: training mode and evaluation differ visibly
+        return pl.Network([pl.PhasedLSTM(1, 8, r_on=0.05, leak=0.5, rng=5)], pl.Dense(8, 2, rng=6))
+
+    net, shadow = leaky_net(), leaky_net()
+    opt, shadow_opt = pl.Adam(net, lr=0.05), pl.Adam(shadow, lr=0.05)
+    history = pl.train(net, opt, data, epochs=2, batch_size=16, rng=7, progress=False)
+    order = np.random.default_rng(7)
+    for record in history:
+        correct = 0
+        for batch in data.batches(16, rng=order):
+            out, _, _ = shadow.forward(batch.x, batch.t, batch.lengths, training=True)
+            correct += int((out.argmax(-1) == batch.y).sum())
+            _, grads = shadow.loss_and_grads(batch, training=True)
+            shadow_opt.step(grads)
+        assert record["train_accuracy"] == correct / len(data)
+    mse = pl.Network([pl.PhasedLSTM(1, 4, rng=0)], pl.Dense(4, 1, rng=0), loss="mse")
+    reg = pl.Dataset(data.x, data.t, rng.normal(size=(40, 1)), data.lengths)
+    record = pl.train(mse, pl.Adam(mse), reg, epochs=1, progress=False)[0]
+    assert "train_accuracy" not in record
+
+
 def test_checkpoint_log_and_early_stopping(tmp_path):
     rng = np.random.default_rng(1)
     data = sine_data(64, rng, T=10)
@@ -66,7 +93,8 @@ def test_max_batches_and_non_finite_loss(monkeypatch):
     pl.train(net, opt, data, epochs=2, batch_size=8, max_batches=3, progress=False)
     assert opt.step_count == 6
     before = {k: v.copy() for k, v in net.params.items()}
-    monkeypatch.setattr(net, "loss_and_grads", lambda batch, training: (float("nan"), None))
+    monkeypatch.setattr(net, "loss_and_grads",
+                        lambda batch, training, with_hits: (float("nan"), None, None))
     with pytest.raises(FloatingPointError, match="epoch 1, batch 0"):
         pl.train(net, opt, data, epochs=1, progress=False)
     assert all(np.array_equal(before[k], v) for k, v in net.params.items())  # no update

@@ -60,7 +60,8 @@ def _settings(exp, protocol):
              fresh if cfg["fresh_data"] else "the same data every epoch",
              "no gradient clipping" if clip is None else f"gate gradients clipped to ±{clip:g}",
              f"{cfg['readout']} read-out", f"input-gate bias {cfg['input_gate_bias']:g}",
-             f"LSTM time input t x {cfg['time_scale']:g}", cfg["dtype"]]
+             f"LSTM time input t x {cfg['time_scale']:g}" if cfg["time_input"]
+             else "the baselines without a time input", cfg["dtype"]]
     if cfg.get("variant"):
         words.append({"paper": "the task as the paper's text defines it",
                       "authors": "the task as the authors' script draws it"}[cfg["variant"]])
@@ -190,9 +191,18 @@ def write_figures(results, folder):
         paths.append(folder / "fig3d_bars.png")
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
-    fig, axes = plt.subplots(1, 2 if classification else 1,
-                             figsize=(10 if classification else 5.5, 3.5), squeeze=False)
+    # the training batches' accuracy against the update steps (the TensorFlow
+    # reimplementation's sequential-MNIST curves), where every run recorded it
+    batch_curves = classification and all("curve_train_accuracy_mean" in c
+                                           for c in conds.values())
+    panels = 1 + classification + batch_curves
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels if classification else 5.5, 3.5),
+                             squeeze=False)
     variants = list(dict.fromkeys(name.partition("-")[2] for name in conds))
+    p = results["protocol"]
+    steps_per_epoch = -(-p["n_train"] // p.get("batch_size", 32))
+    if p.get("max_batches"):
+        steps_per_epoch = min(steps_per_epoch, p["max_batches"])
     for name, c in conds.items():
         epochs = np.arange(1, len(c["curve_val_loss_mean"]) + 1)
         # one colour per variant (sampling, tau range); solid Phased LSTM, dashed LSTM,
@@ -205,6 +215,10 @@ def write_figures(results, folder):
             axes[0, 0].plot(epochs, 100 * np.array(c["curve_val_accuracy_mean"]), label=name,
                             **style)
             axes[0, 1].plot(epochs, c["curve_val_loss_mean"], label=name, **style)
+            if batch_curves:
+                axes[0, 2].plot(epochs * steps_per_epoch,
+                                100 * np.array(c["curve_train_accuracy_mean"]), label=name,
+                                **style)
         else:
             axes[0, 0].plot(epochs, c["curve_val_loss_mean"], label=name, **style)
     if classification:
@@ -216,6 +230,9 @@ def write_figures(results, folder):
     for ax in axes[0]:
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
+    if batch_curves:
+        axes[0, 2].set_xlabel(f"update steps ({steps_per_epoch} per epoch)")
+        axes[0, 2].set_ylabel("training-batch accuracy (%), epoch mean")
     fig.suptitle(f"{results['title']}: mean over seeds {results['protocol']['seeds']}")
     fig.tight_layout()
     names = {"frequency": "fig3_curves.png", "superimposed": "fig4a_curves.png",

@@ -44,9 +44,16 @@ RUN_FILES = ("checkpoint.npz", "last.npz", "run.log", "test_rhos.json", "config.
 RunStatus = collections.namedtuple("RunStatus", "kind epochs_done history")
 
 
+#: Configuration keys added after runs were published, with the value a configuration saved
+#: before them meant (every other missing key counts as None).
+ADDED_KEYS = {"time_input": True}
+
+
 def config_differences(saved, cfg, ignore=("backend",)):
     """``[(key, saved value, value now), ...]`` for the keys on which two run configurations
-    differ (``ignore`` aside; a missing key counts as None)."""
+    differ (``ignore`` aside; a missing key counts as its :data:`ADDED_KEYS` value, or
+    None)."""
+    saved, cfg = ({**ADDED_KEYS, **c} for c in (saved, cfg))
     return [(k, saved.get(k), cfg.get(k)) for k in sorted(set(saved) | set(cfg))
             if k not in ignore and saved.get(k) != cfg.get(k)]
 

@@ -23,11 +23,13 @@ task              Phased LSTM                              tau ~ exp(U(lo, hi)) 
 ``nmnist``        embedding 1156x40 + polarity = 41-110-10 (ln 100, ln 100): 100 ms  CE
 ``multirate``     2-110-2, hand-set timing (not learned)   sensors' periods         CE
 ``digits``        1-110-10 (8x8 digits, 64 steps)          (0, 3)                   CE
-``smnist``        1-110-10 (MNIST, 784 steps)              (0, 5)                   CE
+``smnist``        1-32-10 (MNIST, 784 steps; its protocol)  (0, 6)                   CE
 ================  =======================================  =======================  ======
 
 r_on starts at 0.05 and the leak alpha = 1e-3 everywhere. The LSTM baseline has the same
-size and receives the timestamp as an extra input, multiplied by ``time_scale``. The BN-LSTM
+size and receives the timestamp as an extra input, multiplied by ``time_scale``, except in
+sequential MNIST (``time_input=False``: the TensorFlow reimplementation's LSTM reads the
+pixel only). The BN-LSTM
 (``model="bnlstm"``) is the authors': the input with the timestamp appended, ``[x, t *
 time_scale]`` (:class:`~plstm_np.TimeFeature`), batch-normalised
 (:class:`~plstm_np.BatchNorm`), then that LSTM without its own time input. The Phased GRU
@@ -246,9 +248,10 @@ def build_model(cfg):
     cfg : dict
         From :func:`default_config` (keys ``task``, ``model``, ``hidden_size``,
         ``tau_exp_range``, ``r_on``, ``learn_r_on``, ``grad_clip``, ``readout``,
-        ``input_gate_bias``, ``time_scale``, ``seed``, ``backend``, ``dtype``; configurations
-        saved before the last six existed get today's defaults of 0.1.0: r_on fixed, no
-        clipping, a linear read-out, zero biases, the task's time scale).
+        ``input_gate_bias``, ``time_scale``, ``time_input``, ``seed``, ``backend``,
+        ``dtype``; configurations saved before the last seven existed get the defaults of
+        their day: r_on fixed, no clipping, a linear read-out, zero biases, the task's time
+        scale, the timestamp as the baselines' input).
 
     Returns
     -------
@@ -265,6 +268,7 @@ def build_model(cfg):
     model = cfg["model"]
     common = dict(dtype=dtype, backend=backend, rng=rng)
     time_scale = cfg.get("time_scale", spec.time_scale)
+    time_input = cfg.get("time_input", True)  # saved before the key existed: the paper's
     if task == "multirate":
         timing = dict(multirate_timing(H, r_on=cfg["r_on"]), learn_tau=False, learn_s=False)
     else:
@@ -272,13 +276,17 @@ def build_model(cfg):
                       learn_r_on=bool(cfg.get("learn_r_on", False)))
     layers = []
     if model == "bnlstm":  # the authors' BN-LSTM: [x, t] batch-normalised, then an LSTM
-        layers += [TimeFeature(n_in, time_scale=time_scale, dtype=dtype, backend=backend),
-                   BatchNorm(n_in + 1, dtype=dtype, backend=backend)]
-        layer = LSTM(n_in + 1, H, time_input=False, grad_clip=cfg.get("grad_clip"), **common)
+        if time_input:
+            layers.append(TimeFeature(n_in, time_scale=time_scale, dtype=dtype,
+                                      backend=backend))
+        n_bn = n_in + int(time_input)
+        layers.append(BatchNorm(n_bn, dtype=dtype, backend=backend))
+        layer = LSTM(n_bn, H, time_input=False, grad_clip=cfg.get("grad_clip"), **common)
     elif model == "lstm":
-        layer = LSTM(n_in, H, time_scale=time_scale, grad_clip=cfg.get("grad_clip"), **common)
+        layer = LSTM(n_in, H, time_input=time_input, time_scale=time_scale,
+                     grad_clip=cfg.get("grad_clip"), **common)
     elif model == "gru":
-        layer = GRU(n_in, H, time_scale=time_scale, **common)
+        layer = GRU(n_in, H, time_input=time_input, time_scale=time_scale, **common)
     elif model == "pgru":
         layer = PhasedGRU(n_in, H, **timing, **common)
     else:
