@@ -11,6 +11,7 @@ import pytest
 import plstm_np as pl
 from plstm_np import experiments as ex
 from plstm_np.backends import BackendUnavailableError
+from plstm_np.backends.numba.compile import PLAIN_PYTHON
 
 
 def tiny(task, model="plstm", **kw):
@@ -336,6 +337,9 @@ PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "frequency"
 
 
 @pytest.mark.skipif(not (PUBLISHED / "results.json").exists(), reason="no published results")
+@pytest.mark.skipif(PLAIN_PYTHON, reason="9 networks x 512 sequences take hours with the "
+                    "kernels run as Python (the coverage pass); evaluate_checkpoint is "
+                    "covered by the small runs")
 def test_the_published_fig3d_checkpoints_give_their_tables_accuracies():
     """Each shipped checkpoint, evaluated anew, gives the final validation accuracy its run
     logged (the table's per-seed value), and is the median seed of its condition."""
