@@ -614,8 +614,9 @@ class Network:
             count += rows
             n += len(batch)
             updates += cache["updates"]
-            if self.loss_name == "cross_entropy":
-                correct += self._hits(out, y, mask)[0]
+            hits = self._hits(out, y, mask)
+            if hits is not None:
+                correct += hits[0]
         result = {"loss": total / max(count, 1)}
         if self.loss_name == "cross_entropy":
             result["accuracy"] = correct / max(count, 1)

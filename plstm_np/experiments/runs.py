@@ -69,7 +69,14 @@ from ..tasks import TASKS, multirate_timing, train_val_split
 from ..time_feature import TimeFeature
 from ..training import train
 from .configs import SAMPLED_TASKS, TASK_SPECS
-from .run_folders import RunLog, inspect_run, numba_threads, read_state, remove_run_files
+from .run_folders import (
+    ADDED_KEYS,
+    RunLog,
+    inspect_run,
+    numba_threads,
+    read_state,
+    remove_run_files,
+)
 
 __all__ = ["make_data", "make_val_data", "resolve_backend", "build_model", "run_training",
            "evaluate_checkpoint"]
@@ -268,7 +275,7 @@ def build_model(cfg):
     model = cfg["model"]
     common = dict(dtype=dtype, backend=backend, rng=rng)
     time_scale = cfg.get("time_scale", spec.time_scale)
-    time_input = cfg.get("time_input", True)  # saved before the key existed: the paper's
+    time_input = cfg.get("time_input", ADDED_KEYS["time_input"])  # saved before it existed
     if task == "multirate":
         timing = dict(multirate_timing(H, r_on=cfg["r_on"]), learn_tau=False, learn_s=False)
     else:
