@@ -3,6 +3,7 @@ an independent plain-NumPy GRU, the Numba kernels against the reference, skippin
 padding, errors, the layer protocol."""
 import json
 
+import numba
 import numpy as np
 import pytest
 
@@ -174,19 +175,38 @@ def test_gru_time_input_is_the_scaled_timestamp_as_a_last_feature(backend):
 
 
 # ----------------------------------------------------------------------------- numba = numpy
+# the kernels each case runs: (forward, backward) of a training forward (leak > 0 or the gate
+# open: dense); after a leak-free forward the backward reruns it, skipping closed neurons
+# ("sparse") or dense, as SPARSE_BACKWARD decides (patched to force each)
+_KERNEL_CASES = [
+    ((1e-3, True, False), None, ["forward_dense_kernel", "backward_dense_kernel"]),
+    ((0.0, True, True), None, ["forward_dense_kernel", "backward_dense_kernel"]),
+    ((0.0, True, False), "sparse", ["forward_kernel", "backward_kernel"]),
+    ((1e-3, False, False), "sparse", ["forward_kernel", "backward_kernel"]),
+    ((0.0, True, False), "dense", ["forward_kernel", "forward_dense_kernel",
+                                   "backward_dense_kernel"]),
+    ((1e-3, False, False), "dense", ["forward_kernel", "forward_dense_kernel",
+                                     "backward_dense_kernel"]),
+]
+
+
 @pytest.mark.parametrize("variant", ["parallel", "serial"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("leak, training, gate_open", [(1e-3, True, False), (0.0, True, False),
-                                                       (1e-3, False, False),
-                                                       (0.0, True, True)])
-def test_numba_matches_numpy(dtype, leak, training, gate_open, variant, monkeypatch):
-    # small problems run the serial kernels: patch the threshold to run the parallel ones
+@pytest.mark.parametrize("case, rerun, expected_kernels", _KERNEL_CASES)
+def test_numba_matches_numpy(dtype, case, rerun, expected_kernels, variant, monkeypatch):
+    leak, training, gate_open = case
+    # small problems run the serial kernels (the dense ones on one chunk): patch the
+    # threshold to run the parallel ones
     monkeypatch.setattr(gru_kernels, "SERIAL_WORK", 0 if variant == "parallel" else np.inf)
-    calls, kernels = [], set()
-    for name in ("forward_kernel", "backward_kernel"):
-        attribute = name + ("" if variant == "parallel" else "_serial")
+    if rerun is not None:
+        monkeypatch.setattr(gru_kernels, "SPARSE_BACKWARD", 1.0 if rerun == "sparse" else 0.0)
+    calls, kernels = [], {}
+    for name in ("forward_kernel", "backward_kernel", "forward_dense_kernel",
+                 "backward_dense_kernel"):
+        serial = variant == "serial" and "dense" not in name
+        attribute = name + ("_serial" if serial else "")
         kernel = getattr(gru_kernels, attribute)
-        kernels.add(kernel)
+        kernels[name] = kernel
         monkeypatch.setattr(gru_kernels, attribute,
                             lambda *a, _k=kernel: calls.append(_k) or _k(*a))
     results = {}
@@ -205,14 +225,40 @@ def test_numba_matches_numpy(dtype, leak, training, gate_open, variant, monkeypa
         h, (hT,), cache = layer.forward(x, t, lengths, (h0,), training=training)
         grads = layer.backward(dh, cache, (dhT,))
         results[backend] = h, hT, grads, cache["updates"], cache["reset_gates"]
+        if backend == "numba" and "order" in cache and cache["order"] is not None:
+            threads = numba.get_num_threads()
+            assert cache["nchunks"] == (min(5, threads) if variant == "parallel" else 1)
     (h, hT, grads, updates, resets), expected = results["numba"], results["numpy"]
     assert_close(h, expected[0], "numba", dtype, "h")
     assert_close(hT, expected[1], "numba", dtype, "h_T")
     assert_close(grads, expected[2], "numba", dtype, "grads")
     assert (updates, resets) == expected[3:]
-    assert set(calls) == kernels  # the variant asked for ran, forward and backward
+    assert set(calls) == {kernels[name] for name in expected_kernels}
     for name, g in grads.items():
         assert np.isfinite(g).all() and np.abs(g).max() > 0, name
+
+
+def test_numba_dense_kernels_with_rows_of_every_length_in_each_chunk(monkeypatch):
+    # the dense kernels pack each chunk's rows by decreasing length: lengths 0 to T, in an
+    # order that deals long and short rows to every chunk, on several chunks
+    monkeypatch.setattr(gru_kernels, "SERIAL_WORK", 0)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 3)
+    results = {}
+    for backend in BACKENDS:
+        rng = np.random.default_rng(4)
+        layer = phased_layer(backend, rng, D=2, H=5, r_on_range=(0.1, 0.5))
+        B, T = 9, 7
+        x = rng.normal(size=(B, T, 2))
+        t = np.cumsum(rng.uniform(0.1, 1.0, (B, T)), axis=1)
+        lengths = np.array([3, 7, 0, 1, 7, 5, 2, 6, 4])
+        x[np.arange(T)[None, :] >= lengths[:, None]] = np.nan  # padding is never read
+        h, (hT,), cache = layer.forward(x, t, lengths, training=True)
+        grads = layer.backward(rng.normal(size=h.shape), cache, (rng.normal(size=hT.shape),))
+        results[backend] = h, hT, grads
+        if backend == "numba":
+            assert cache["nchunks"] == 3
+    for got, expected, what in zip(results["numba"], results["numpy"], ("h", "h_T", "grads")):
+        assert_close(got, expected, "numba", np.float64, what)
 
 
 def test_numba_phase_bitwise_equal_to_numpy():

@@ -1,17 +1,32 @@
-"""Numba CPU kernels of the Phased GRU: forward and BPTT that skip closed neurons.
+"""Numba CPU kernels of the Phased GRU: forward and BPTT, dense (training) and skipping
+closed neurons (evaluation, streams).
 
 The equations and the BPTT steps are those of :mod:`plstm_np.gru` (whose NumPy functions
-:func:`plstm_np.gru.gru_forward` and :func:`plstm_np.gru.gru_backward` are the reference);
-the kernels compute them one sample at a time (``prange`` over the batch), one neuron at a
-time, with the weights laid out neuron-major (``Wx^T`` (3H, D), ``Wh^T`` (3H, H), so that a
-neuron's dot products read contiguous rows).
+:func:`plstm_np.gru.gru_forward` and :func:`plstm_np.gru.gru_backward` are the reference).
+Two pairs of kernels compute them:
 
-Skipping. A neuron is updated at a valid step unless it is on the closed piece of its gate
-with ``leak = 0``: then ``k = 0``, ``h`` is carried unchanged and every derivative of ``k`` is
-0, so the kernels compute neither its update gate ``z`` nor its candidate ``n`` (forward), nor
-their gradients (backward). The reset gate cannot be skipped that way: ``(r * h_{j-1}) Wh_n``
-feeds every neuron's ``r`` into each updated neuron's candidate, so at a step where any neuron
-is updated every ``r`` is computed; at a step where none is, the whole step is skipped.
+- *dense* (``leak > 0`` or the gate open: training, where every neuron updates):
+  :func:`forward_dense_kernel` and :func:`backward_dense_kernel`, laid out as the Phased
+  LSTM's dense kernels (:mod:`~plstm_np.backends.numba.forward`): one chunk of the batch per
+  thread, packed by decreasing length, BLAS products per step (``h_{j-1} [Wh_r, Wh_z]``,
+  then ``(r * h_{j-1}) Wh_n``; their transposes and the weight gradients backwards),
+  vectorised row loops for the gates;
+- *skipping* (``leak = 0``): :func:`forward_kernel` and :func:`backward_kernel`, one sample
+  at a time (``prange`` over the batch), one neuron at a time, with the weights laid out
+  neuron-major (``Wx^T`` (3H, D), ``Wh^T`` (3H, H), so that a neuron's dot products read
+  contiguous rows). After a leak-free forward the backward reruns it, storing: with these
+  kernels when at most :data:`SPARSE_BACKWARD` of the neuron-steps were updated, else with
+  the dense ones (a closed neuron gets k = 0 there, which carries its state exactly).
+
+Skipping (the second pair). A neuron is updated at a valid step unless it is on the closed
+piece of its gate with ``leak = 0``: then ``k = 0``, ``h`` is carried unchanged and every
+derivative of ``k`` is 0, so the kernels compute neither its update gate ``z`` nor its
+candidate ``n`` (forward), nor their gradients (backward). The reset gate cannot be skipped
+that way: ``(r * h_{j-1}) Wh_n`` feeds every neuron's ``r`` into each updated neuron's
+candidate, so at a step where any neuron is updated every ``r`` is computed; at a step where
+none is, the whole step is skipped. This is why a Phased GRU saves less than a Phased LSTM
+at the same r_on: with 110 neurons at r_on = 0.05 nearly every step has one open, and its
+110 reset gates cost more than the open neurons' update gates and candidates.
 ``counts[b] = (updates, reset gates)`` are what the forward computed for sample ``b``.
 
 Arithmetic: gate maths in the model dtype (``one`` is 1 in that dtype, so float32 stays
@@ -20,12 +35,13 @@ reduction of :func:`plstm_np.time_gate.phase` (the other kernels' own,
 :data:`~plstm_np.backends.numba.cell_math.phase_inline`), bitwise equal to it. The kernels
 get the flags and the stamped on-disk cache of every Numba kernel
 (:mod:`~plstm_np.backends.numba.compile`): float64 results agree with the reference to
-rounding. Each kernel comes in two variants: parallel over the batch (unless
+rounding. The skipping kernels come in two variants: parallel over the batch (unless
 :data:`plstm_np.config.NUMBA_PARALLEL` is off), and serial, for one sample or passes below
-:data:`SERIAL_WORK` multiply-adds.
+:data:`SERIAL_WORK` multiply-adds; below it the dense kernels run on one chunk.
 
 Memory. A forward with ``leak > 0`` or the gate open stores ``k``, ``r``, ``z``, ``n`` and the
-updated flags per (sample, step, neuron) for the backward; a leak-free forward (evaluation)
+updated flags per (sample, step, neuron) for the backward (the dense backward reads the
+first four); a leak-free forward (evaluation)
 stores nothing, and a backward through it reruns the forward first, storing.
 """
 from __future__ import annotations
@@ -37,16 +53,25 @@ import numpy as np
 
 from ... import config
 from . import cell_math
+from .backward import _gate_grads_row
+from .cell_math import copy, gate_constants
 from .compile import device, exact, kernel
+from .forward import _gate_row, blocked_dot, chunk_bounds
+from .workspace import packed_order
 
 __all__ = ["gru_forward", "gru_backward", "phase", "forward_kernel", "backward_kernel",
-           "forward_kernel_serial", "backward_kernel_serial", "SERIAL_WORK"]
+           "forward_kernel_serial", "backward_kernel_serial", "forward_dense_kernel",
+           "backward_dense_kernel", "SERIAL_WORK",
+           "SPARSE_BACKWARD"]
 
 #: Parallel loops over the batch (the backward: over chunks of it).
 PARALLEL = bool(config.NUMBA_PARALLEL)
 #: Below this many multiply-adds per pass (``B T 3H (D + H)``), or for one sample, the serial
 #: kernels run: starting the threads would cost more than they save.
 SERIAL_WORK = 50_000
+#: After a leak-free forward, the backward reruns it with the kernel that skips closed neurons
+#: when they were at most this share of all updates, else with the dense kernel (then faster).
+SPARSE_BACKWARD = 0.2
 
 
 def phase(t, tau, s):
@@ -265,15 +290,226 @@ def _backward(dh_seq, dh_T, x, t, lengths, WxT, WhT, tau, s, r_on, leak, gate_op
                 dh0[b, i] = dh[i]
 
 
+def _forward_dense(x, t, lengths, Wx, Wh_rz, Wh_n, bias, tau, s, r_on, leak, gate_open, h0,
+                   one, nchunks, order, h_seq, h_T, k_st, r_st, z_st, n_st, upd_st, active_st,
+                   counts):
+    """Training forward (``leak > 0`` or the gate open: every neuron updates at every valid
+    step), parallel over ``nchunks`` chunks of the batch, two BLAS products per chunk and
+    step: ``h_{j-1} [Wh_r, Wh_z]``, then ``(r * h_{j-1}) Wh_n``.
+
+    Packed as the Phased LSTM's dense kernel (``order``: see
+    :func:`~plstm_np.backends.numba.forward._forward_dense`): the rows still running at
+    step j are the first ``active`` of the chunk and the products cover only them. ``Wx``
+    (D, 3H), ``Wh_rz`` (H, 2H), ``Wh_n`` (H, H), the other arguments and the outputs as in
+    :func:`forward_kernel`, which this kernel's results equal to rounding; it always stores.
+    """
+    B, T, D = x.shape
+    H = h0.shape[1]
+    inv_tau, two_r, t_fast, s_mod = gate_constants(tau, r_on, s)
+    for chunk in numba.prange(nchunks):
+        b0, b1 = chunk_bounds(chunk, nchunks, B)
+        nb = b1 - b0
+        h = np.empty((nb, H), h0.dtype)
+        for r in range(nb):
+            copy(h[r], h0[order[b0 + r]])
+        a_rz = np.empty((nb, 2 * H), h0.dtype)
+        rh = np.empty((nb, H), h0.dtype)  # r * h_{j-1}
+        a_n = np.empty((nb, H), h0.dtype)
+        phis = np.empty(H)
+        active = nb  # rows r < active are still running at step j
+        for j in range(T):
+            while active > 0 and lengths[order[b0 + active - 1]] <= j:
+                active -= 1
+            if active > 0:
+                blocked_dot(h[:active], Wh_rz, a_rz[:active])
+            for r in range(active):
+                b = order[b0 + r]
+                row = a_rz[r]
+                for col in range(2 * H):
+                    row[col] += bias[col]
+                for d in range(D):
+                    xd = x[b, j, d]
+                    w = Wx[d]
+                    for col in range(2 * H):
+                        row[col] += xd * w[col]
+                rr = r_st[b, j]
+                zz = z_st[b, j]
+                for m in range(H):
+                    rr[m] = _sigmoid(row[m], one)
+                for m in range(H):
+                    zz[m] = _sigmoid(row[H + m], one)
+                for m in range(H):
+                    rh[r, m] = rr[m] * h[r, m]
+            if active > 0:
+                blocked_dot(rh[:active], Wh_n, a_n[:active])
+            for r in range(nb):
+                b = order[b0 + r]
+                if r < active:
+                    row = a_n[r]
+                    for m in range(H):
+                        row[m] += bias[2 * H + m]
+                    for d in range(D):
+                        xd = x[b, j, d]
+                        w = Wx[d]
+                        for m in range(H):
+                            row[m] += xd * w[2 * H + m]
+                    nn = n_st[b, j]
+                    for m in range(H):
+                        nn[m] = math.tanh(row[m])
+                    kk = k_st[b, j]
+                    if gate_open:
+                        for m in range(H):
+                            kk[m] = one
+                    else:
+                        _gate_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis, kk,
+                                  t_fast, s_mod)
+                    zz = z_st[b, j]
+                    hr = h[r]
+                    for m in range(H):
+                        ht = (one - zz[m]) * nn[m] + zz[m] * hr[m]
+                        hr[m] = kk[m] * ht + (one - kk[m]) * hr[m]
+                    for m in range(H):
+                        upd_st[b, j, m] = True
+                    active_st[b, j] = True
+                copy(h_seq[b, j], h[r])
+        for r in range(nb):
+            b = order[b0 + r]
+            copy(h_T[b], h[r])
+            counts[b, 0] = lengths[b] * H
+            counts[b, 1] = lengths[b] * H
+
+
+def _backward_dense(dh_seq, dh_T, x, t, lengths, Wx, WhT, tau, s, r_on, leak, gate_open, h0,
+                    h_seq, k_st, r_st, z_st, n_st, one, nchunks, order, dx, dh0, dWh, dWx, db,
+                    dtau, ds, dr_on):
+    """BPTT of :func:`forward_dense_kernel`, parallel over its ``nchunks`` chunks (same
+    ``order``), three BLAS products per chunk and step for the state gradient
+    (``da_n Wh_n^T``, then ``[da_r, da_z] [Wh_r, Wh_z]^T``) and two for the weight gradient
+    (``h_{j-1}^T [da_r, da_z]`` and ``(r * h_{j-1})^T da_n``).
+
+    ``Wx`` (D, 3H), ``WhT`` (3H, H). Writes ``dx`` (B, T, D), ``dh0`` (B, H); adds each
+    chunk's gradients to ``dWh`` (nchunks, H, 3H), ``dWx`` (nchunks, D, 3H), ``db``
+    (nchunks, 3H) and, float64, ``dtau``, ``ds``, ``dr_on`` (nchunks, H), zero on entry.
+    """
+    B, T, D = x.shape
+    H = h0.shape[1]
+    inv_tau, two_r, t_fast, s_mod = gate_constants(tau, r_on, s)
+    WhT_rz = WhT[:2 * H]
+    WhT_n = WhT[2 * H:]
+    for chunk in numba.prange(nchunks):
+        b0, b1 = chunk_bounds(chunk, nchunks, B)
+        nb = b1 - b0
+        dh = np.empty((nb, H), h0.dtype)
+        for r in range(nb):
+            copy(dh[r], dh_T[order[b0 + r]])
+        dhp = np.empty((nb, H), h0.dtype)  # gradient of h_{j-1}, less the products
+        da_rz = np.empty((nb, 2 * H), h0.dtype)
+        da_n = np.empty((nb, H), h0.dtype)
+        hp_rows = np.empty((nb, H), h0.dtype)
+        rh_rows = np.empty((nb, H), h0.dtype)
+        prod = np.empty((nb, H), h0.dtype)
+        part_rz = np.empty((H, 2 * H), h0.dtype)
+        part_n = np.empty((H, H), h0.dtype)
+        kbuf = np.empty(H, h0.dtype)
+        phis = np.empty(H)
+        gtau = np.empty(H)
+        gs = np.empty(H)
+        gr = np.empty(H)
+        active = 0  # rows r < active are running at step j (sorted by decreasing length)
+        for j in range(T - 1, -1, -1):
+            while active < nb and lengths[order[b0 + active]] > j:
+                active += 1
+            for r in range(nb):
+                b = order[b0 + r]
+                dhr = dh[r]
+                for m in range(H):
+                    dhr[m] += dh_seq[b, j, m]
+                if r >= active:  # padded step: state carried, nothing computed
+                    for d in range(D):
+                        dx[b, j, d] = 0
+                    continue
+                hp = h_seq[b, j - 1] if j > 0 else h0[b]
+                copy(hp_rows[r], hp)
+                kk, rr, zz, nn = k_st[b, j], r_st[b, j], z_st[b, j], n_st[b, j]
+                if not gate_open:
+                    _gate_grads_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis, kbuf,
+                                    gtau, gs, gr, t_fast, s_mod)
+                    for m in range(H):
+                        ht = (one - zz[m]) * nn[m] + zz[m] * hp[m]
+                        dk64 = np.float64(dhr[m] * (ht - hp[m]))
+                        dtau[chunk, m] += dk64 * gtau[m]
+                        ds[chunk, m] += dk64 * gs[m]
+                        dr_on[chunk, m] += dk64 * gr[m]
+                for m in range(H):
+                    dht = dhr[m] * kk[m]
+                    dhp[r, m] = dhr[m] * (one - kk[m]) + dht * zz[m]
+                    da_n[r, m] = dht * (one - zz[m]) * (one - nn[m] * nn[m])
+                    da_rz[r, H + m] = dht * (hp[m] - nn[m]) * zz[m] * (one - zz[m])
+                for m in range(H):
+                    rh_rows[r, m] = rr[m] * hp[m]
+            if active == 0:  # the whole chunk is padding here
+                continue
+            blocked_dot(da_n[:active], WhT_n, prod[:active])  # gradient of r * h_{j-1}
+            for r in range(active):
+                rr = r_st[order[b0 + r], j]
+                for m in range(H):
+                    dhp[r, m] += prod[r, m] * rr[m]
+                    da_rz[r, m] = (prod[r, m] * hp_rows[r, m]) * rr[m] * (one - rr[m])
+            blocked_dot(da_rz[:active], WhT_rz, prod[:active])
+            for r in range(active):
+                for m in range(H):
+                    dh[r, m] = dhp[r, m] + prod[r, m]
+            np.dot(hp_rows[:active].T, da_rz[:active], part_rz)
+            np.dot(rh_rows[:active].T, da_n[:active], part_n)
+            dWh_c = dWh[chunk]
+            for i in range(H):
+                for col in range(2 * H):
+                    dWh_c[i, col] += part_rz[i, col]
+                for m in range(H):
+                    dWh_c[i, 2 * H + m] += part_n[i, m]
+            dWx_c = dWx[chunk]
+            db_c = db[chunk]
+            for r in range(active):
+                b = order[b0 + r]
+                for col in range(2 * H):
+                    db_c[col] += da_rz[r, col]
+                for m in range(H):
+                    db_c[2 * H + m] += da_n[r, m]
+                for d in range(D):  # padded inputs may hold NaN: only valid steps read x
+                    w = Wx[d]
+                    acc = one - one
+                    for col in range(2 * H):
+                        acc += da_rz[r, col] * w[col]
+                    for m in range(H):
+                        acc += da_n[r, m] * w[2 * H + m]
+                    dx[b, j, d] = acc
+                    xd = x[b, j, d]
+                    g = dWx_c[d]
+                    for col in range(2 * H):
+                        g[col] += xd * da_rz[r, col]
+                    for m in range(H):
+                        g[2 * H + m] += xd * da_n[r, m]
+        for r in range(nb):
+            copy(dh0[order[b0 + r]], dh[r])
+
+
 forward_kernel = kernel(_forward, PARALLEL)
 forward_kernel_serial = kernel(_forward, False)
 backward_kernel = kernel(_backward, PARALLEL)
 backward_kernel_serial = kernel(_backward, False)
+forward_dense_kernel = kernel(_forward_dense, PARALLEL)
+backward_dense_kernel = kernel(_backward_dense, PARALLEL)
 
 
 def _parallel(B, T, D, H):
     """Whether the parallel kernels pay for a pass of this size."""
     return PARALLEL and B > 1 and B * T * 3 * H * (D + H) >= SERIAL_WORK
+
+
+def _chunks(B, T, D, H):
+    """Chunks of the batch for the dense kernels: one per thread when the parallel kernels
+    pay for a pass of this size, else one."""
+    return max(1, min(B, numba.get_num_threads())) if _parallel(B, T, D, H) else 1
 
 
 def _timing(params, gate_open, H):
@@ -284,13 +520,16 @@ def _timing(params, gate_open, H):
     return tuple(np.ascontiguousarray(params[name], np.float64) for name in ("tau", "s", "r_on"))
 
 
-def gru_forward(params, x, t, lengths, h0, leak, gate_open=False, store=None):
+def gru_forward(params, x, t, lengths, h0, leak, gate_open=False, store=None, dense=None):
     """The Numba twin of :func:`plstm_np.gru.gru_forward` (same arguments and returns).
 
     ``store`` (default: ``leak > 0 or gate_open``) keeps what the backward needs; a forward
-    that stores nothing is rerun, storing, by :func:`gru_backward`. ``cache["updates"]``
-    counts the neuron updates computed, ``cache["reset_gates"]`` the reset gates, and
-    ``cache["update_counts"]`` (B,) the updates per sample.
+    that stores nothing is rerun, storing, by :func:`gru_backward`. ``dense`` (default:
+    ``store and (leak > 0 or gate_open)``, training) runs :func:`forward_dense_kernel`,
+    which computes every neuron at every valid step with BLAS products and stores; else the
+    kernel that skips closed neurons runs. ``cache["updates"]`` counts the neuron updates
+    computed, ``cache["reset_gates"]`` the reset gates, and ``cache["update_counts"]`` (B,)
+    the updates per sample.
     """
     B, T, D = x.shape
     H = params["Wh"].shape[0]
@@ -311,12 +550,28 @@ def gru_forward(params, x, t, lengths, h0, leak, gate_open=False, store=None):
     h_T = np.empty((B, H), dtype)
     counts = np.zeros((B, 2), np.int64)
     x = np.ascontiguousarray(x, dtype)
-    kernel = forward_kernel if _parallel(B, T, D, H) else forward_kernel_serial
-    kernel(x, np.ascontiguousarray(t, np.float64), lengths, WxT, WhT, bias, tau, s, r_on, leak,
-           gate_open, h0, dtype.type(1.0), bool(store), h_seq, h_T, k_st, r_st, z_st, n_st,
-           upd_st, active_st, counts)
+    t64 = np.ascontiguousarray(t, np.float64)
+    if dense is None:  # training: every neuron updates
+        dense = store and (gate_open or leak > 0.0)
+    if dense and not store:
+        raise ValueError("dense=True stores what the backward needs: it needs store=True")
+    order, nchunks = None, 1
+    if dense:
+        nchunks = _chunks(B, T, D, H)
+        order = packed_order(np.asarray(lengths, np.int64), nchunks)
+        Wh = params["Wh"]
+        forward_dense_kernel(x, t64, lengths, np.ascontiguousarray(params["Wx"]),
+                             np.ascontiguousarray(Wh[:, :2 * H]),
+                             np.ascontiguousarray(Wh[:, 2 * H:]), bias, tau, s, r_on, leak,
+                             gate_open, h0, dtype.type(1.0), nchunks, order, h_seq, h_T, k_st,
+                             r_st, z_st, n_st, upd_st, active_st, counts)
+    else:
+        kernel = forward_kernel if _parallel(B, T, D, H) else forward_kernel_serial
+        kernel(x, t64, lengths, WxT, WhT, bias, tau, s, r_on, leak, gate_open, h0,
+               dtype.type(1.0), bool(store), h_seq, h_T, k_st, r_st, z_st, n_st, upd_st,
+               active_st, counts)
     cache = dict(backend="numba", params=params, x=x, t=t, lengths=lengths, h0=h0, leak=leak,
-                 gate_open=gate_open, h_seq=h_seq,
+                 gate_open=gate_open, h_seq=h_seq, order=order, nchunks=nchunks,
                  stored=(k_st, r_st, z_st, n_st, upd_st, active_st) if store else None,
                  updates=int(counts[:, 0].sum()), reset_gates=int(counts[:, 1].sum()),
                  update_counts=counts[:, 0].copy())
@@ -331,10 +586,19 @@ def gru_backward(dh_seq, dh_T, cache):
     H = params["Wh"].shape[0]
     dtype = params["Wh"].dtype
     stored = cache["stored"]
+    order = cache.get("order")
     if stored is None:  # a leak-free forward kept nothing: rerun it, storing
-        h_seq, _, rerun = gru_forward(params, x, t, lengths, h0, leak, gate_open, store=True)
-        stored = rerun["stored"]
+        # dense when most neurons were updated: every product is then a BLAS one (a closed
+        # neuron gets k = 0 there, which carries its state and passes its gradient)
+        valid = int(np.minimum(np.asarray(lengths), T).sum()) * H
+        dense = cache["updates"] > SPARSE_BACKWARD * valid
+        _, _, rerun = gru_forward(params, x, t, lengths, h0, leak, gate_open, store=True,
+                                  dense=dense)
+        h_seq, stored, order = rerun["h_seq"], rerun["stored"], rerun["order"]
+        cache = dict(cache, nchunks=rerun["nchunks"])
     dh_T = np.zeros((B, H), dtype) if dh_T is None else np.ascontiguousarray(dh_T, dtype)
+    if order is not None:  # after the dense forward
+        return _backward_dense(dh_seq, dh_T, dict(cache, h_seq=h_seq), stored, order)
     parallel = _parallel(B, T, D, H)
     nchunks = max(1, min(B, numba.get_num_threads())) if parallel else 1
     dx = np.empty((B, T, D), dtype)
@@ -356,6 +620,37 @@ def gru_backward(dh_seq, dh_T, cache):
         "x": dx,
         "h0": dh0,
     }
+    if not gate_open:
+        grads["tau"] = dtau.sum(0).astype(dtype)
+        grads["s"] = ds.sum(0).astype(dtype)
+        grads["r_on"] = dr_on.sum(0).astype(dtype)
+    return grads
+
+
+def _backward_dense(dh_seq, dh_T, cache, stored, order):
+    """:func:`gru_backward` after the dense forward (its chunks and ``order``)."""
+    params, x, t, lengths, h0 = (cache[k] for k in ("params", "x", "t", "lengths", "h0"))
+    B, T, D = x.shape
+    H = params["Wh"].shape[0]
+    dtype = params["Wh"].dtype
+    gate_open = cache["gate_open"]
+    nchunks = cache["nchunks"]  # the forward's: its order deals the rows to them
+    k_st, r_st, z_st, n_st = stored[:4]
+    dx = np.empty((B, T, D), dtype)
+    dh0 = np.empty((B, H), dtype)
+    dWh = np.zeros((nchunks, H, 3 * H), dtype)
+    dWx = np.zeros((nchunks, D, 3 * H), dtype)
+    db = np.zeros((nchunks, 3 * H), dtype)
+    dtau, ds, dr_on = (np.zeros((nchunks, H)) for _ in range(3))
+    tau, s, r_on = _timing(params, gate_open, H)
+    backward_dense_kernel(np.ascontiguousarray(dh_seq, dtype), dh_T, x,
+                          np.ascontiguousarray(t, np.float64), lengths,
+                          np.ascontiguousarray(params["Wx"]),
+                          np.ascontiguousarray(params["Wh"].T), tau, s, r_on, cache["leak"],
+                          gate_open, h0, cache["h_seq"], k_st, r_st, z_st, n_st,
+                          dtype.type(1.0), nchunks, order, dx, dh0, dWh, dWx, db, dtau, ds,
+                          dr_on)
+    grads = {"Wx": dWx.sum(0), "Wh": dWh.sum(0), "b": db.sum(0), "x": dx, "h0": dh0}
     if not gate_open:
         grads["tau"] = dtau.sum(0).astype(dtype)
         grads["s"] = ds.sum(0).astype(dtype)
