@@ -350,3 +350,57 @@ def test_the_published_fig3d_checkpoints_give_their_tables_accuracies():
         assert entry["final_val_accuracy"] == finals[entry["seed"]] == sorted(finals)[2]
         evaluated = ex.evaluate_checkpoint(PUBLISHED / entry["path"], log=lambda m: None)
         assert evaluated["accuracy"] == entry["final_val_accuracy"], cond
+
+
+def test_curve_figures_shade_the_range_over_seeds(tmp_path, monkeypatch):
+    # the paper's Fig. 4 shades min to max over seeds: one band per condition with two or
+    # more complete runs, between their per-epoch extremes, none for a single run
+    import matplotlib.axes
+
+    bands = []
+    real = matplotlib.axes.Axes.fill_between
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
+                        lambda ax, x, y1, y2, **kw: bands.append((x, y1, y2))
+                        or real(ax, x, y1, y2, **kw))
+    curves = [[0.3, 0.2, 0.1], [0.5, 0.1, 0.05], [0.4, 0.3, 0.2]]
+    three = [dict(seed=k, curve_val_loss=c) for k, c in enumerate(curves)]
+    results = dict(experiment="adding", title="t", protocol=dict(seeds=[0, 1, 2], n_train=8),
+                   conditions={
+                       "plstm-tau6-8": dict(curve_val_loss_mean=np.mean(curves, 0).tolist(),
+                                            runs=three),
+                       "lstm": dict(curve_val_loss_mean=curves[0],
+                                    runs=[dict(seed=0, curve_val_loss=curves[0]),
+                                          dict(seed=1, curve_val_loss=curves[1][:2])]),
+                   })
+    paths = ex.reports.write_figures(results, tmp_path)
+    assert [p.name for p in paths] == ["fig4b_curves.png"] and paths[0].exists()
+    assert len(bands) == 1  # the LSTM has one complete run only
+    x, low, high = bands[0]
+    np.testing.assert_array_equal(x, [1, 2, 3])
+    np.testing.assert_array_equal(low, [0.3, 0.1, 0.05])
+    np.testing.assert_array_equal(high, [0.5, 0.3, 0.2])
+
+
+def test_batch_accuracy_panel_draws_the_published_reference_curve(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    lines = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda ax, *a, **kw: lines.append((a, kw)) or real(ax, *a, **kw))
+    run = dict(seed=0, curve_val_loss=[2.0, 1.0], curve_val_accuracy=[0.2, 0.5],
+               curve_train_accuracy=[0.1, 0.4])
+    cond = {key + "_mean": value for key, value in run.items() if key.startswith("curve")}
+    cond.update(runs=[run], final_val_accuracy_mean=0.5)
+    ref = ex.EXPERIMENTS["smnist"].reference_curves["plstm"]
+    results = dict(experiment="smnist", title="t", protocol=dict(seeds=[0], n_train=512,
+                                                                 batch_size=256),
+                   conditions={"plstm": cond}, reference_curves={"plstm": ref})
+    ex.reports.write_figures(results, tmp_path)
+    drawn = [a for a, kw in lines if ref["label"] in str(kw.get("label"))]
+    assert len(drawn) == 1
+    np.testing.assert_array_equal(drawn[0][0], ref["steps"])
+    np.testing.assert_allclose(drawn[0][1], 100 * np.array(ref["train_accuracy"]))
+    # our own curve is drawn against the update steps: 2 batches of 256 per epoch
+    ours = [a for a, kw in lines if kw.get("label") == "plstm"]
+    np.testing.assert_array_equal(ours[-1][0], [2, 4])

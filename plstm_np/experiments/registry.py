@@ -28,6 +28,9 @@ class Experiment:
         The paper's reported figures, per condition (None where it reports none).
     paper_std : dict
         Their standard deviations over seeds, where the authors published them.
+    reference_curves : dict
+        Published training-batch accuracy curves to draw beside ours, per condition:
+        ``{"label": str, "steps": [...], "train_accuracy": [...]}`` (fractions).
 
     Notes
     -----
@@ -48,6 +51,7 @@ class Experiment:
     quick: dict
     paper: dict
     paper_std: dict = dataclasses.field(default_factory=dict)
+    reference_curves: dict = dataclasses.field(default_factory=dict)
 
 
 _QUICK = dict(epochs=1, n_train=8, n_val=8, seeds=1, batch_size=4, hidden_size=8)
@@ -129,5 +133,11 @@ EXPERIMENTS = {
                       hidden_size=32),
         quick=dict(_QUICK, n_train=4, n_val=4),
         paper={},
+        # its acc_phased.tsv (one Phased LSTM run, the training-batch accuracy at every
+        # step): means over steps 0-99, 400-499, 900-999, 1400-1499 and 1900-1999
+        reference_curves={"plstm": dict(
+            label="TF reimplementation's log (acc_phased.tsv, 100-step means)",
+            steps=[49.5, 449.5, 949.5, 1449.5, 1949.5],
+            train_accuracy=[0.34, 0.79, 0.86, 0.89, 0.91])},
     ),
 }

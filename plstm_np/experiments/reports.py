@@ -152,6 +152,16 @@ def results_markdown(results):
     return "\n".join(lines + [""])
 
 
+def _seed_range(runs, key, n):
+    """Per epoch, the smallest and largest of ``key`` over the runs that recorded all ``n``
+    epochs of it; ``(None, None)`` with fewer than two such runs."""
+    curves = [r[key] for r in runs if len(r.get(key) or []) == n]
+    if len(curves) < 2:
+        return None, None
+    curves = np.array(curves, dtype=float)
+    return curves.min(axis=0), curves.max(axis=0)
+
+
 def write_figures(results, folder):
     """The figures of a reproduction (PNG, matplotlib Agg); returns their paths."""
     import matplotlib
@@ -211,16 +221,18 @@ def write_figures(results, folder):
         style = dict(ls={"plstm": "-", "pgru": "-", "bnlstm": ":"}.get(model, "--"),
                      color=f"C{variants.index(name.partition('-')[2]) % 10}",
                      marker="." if len(epochs) < 30 else None)
-        if classification:
-            axes[0, 0].plot(epochs, 100 * np.array(c["curve_val_accuracy_mean"]), label=name,
-                            **style)
-            axes[0, 1].plot(epochs, c["curve_val_loss_mean"], label=name, **style)
-            if batch_curves:
-                axes[0, 2].plot(epochs * steps_per_epoch,
-                                100 * np.array(c["curve_train_accuracy_mean"]), label=name,
-                                **style)
-        else:
-            axes[0, 0].plot(epochs, c["curve_val_loss_mean"], label=name, **style)
+        panels_here = ([(axes[0, 0], epochs, "curve_val_accuracy", 100),
+                        (axes[0, 1], epochs, "curve_val_loss", 1)] if classification
+                       else [(axes[0, 0], epochs, "curve_val_loss", 1)])
+        if batch_curves:
+            panels_here.append((axes[0, 2], epochs * steps_per_epoch, "curve_train_accuracy",
+                                100))
+        for ax, xs, key, scale in panels_here:
+            ax.plot(xs, scale * np.array(c[key + "_mean"]), label=name, **style)
+            low, high = _seed_range(c.get("runs", []), key, len(xs))
+            if low is not None:  # the paper's Fig. 4 shades the range over seeds
+                ax.fill_between(xs, scale * low, scale * high, color=style["color"],
+                                alpha=0.15, linewidth=0)
     if classification:
         axes[0, 0].set_ylabel("validation accuracy (%)")
         axes[0, 1].set_ylabel("validation loss (cross-entropy)")
@@ -231,9 +243,15 @@ def write_figures(results, folder):
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
     if batch_curves:
+        for k, (name, ref) in enumerate(results.get("reference_curves", {}).items()):
+            axes[0, 2].plot(ref["steps"], 100 * np.array(ref["train_accuracy"]), "k" + "ox"[k % 2],
+                            ms=5, ls="none", label=f"{name}: {ref['label']}")
+        axes[0, 2].legend(fontsize=7)
         axes[0, 2].set_xlabel(f"update steps ({steps_per_epoch} per epoch)")
         axes[0, 2].set_ylabel("training-batch accuracy (%), epoch mean")
-    fig.suptitle(f"{results['title']}: mean over seeds {results['protocol']['seeds']}")
+    seeds = results["protocol"]["seeds"]
+    fig.suptitle(f"{results['title']}: mean over seeds {seeds}"
+                 + (" (shaded: min to max)" if len(seeds) > 1 else ""))
     fig.tight_layout()
     names = {"frequency": "fig3_curves.png", "superimposed": "fig4a_curves.png",
              "adding": "fig4b_curves.png", "nmnist": "table1_curves.png"}

@@ -222,7 +222,7 @@ def _reproduce(exp, root, proto, seeds, test_rhos, chosen, configs, *, log, prog
     results = dict(experiment=name, title=exp.title, quick=quick,
                    protocol=dict(proto, seeds=seeds, test_rhos=test_rhos), backend=backend,
                    command=command, folder=str(root), conditions={}, paper=exp.paper,
-                   paper_std=exp.paper_std,
+                   paper_std=exp.paper_std, reference_curves=exp.reference_curves,
                    not_run=[c for c in exp.conditions if c not in chosen])
     for cond in chosen:
         runs = []
