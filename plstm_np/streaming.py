@@ -290,10 +290,12 @@ class Stream:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if not _on_kernels(layer):  # its own evaluation forward, the state carried
-                inp, self.states[i], _ = layer.forward_validated(inp, t3, lengths,
-                                                                 *self.states[i],
-                                                                 training=False)
-                self.update_counts[i] += _updates(layer, t3, lengths)
+                inp, self.states[i], cache = layer.forward_validated(inp, t3, lengths,
+                                                                     *self.states[i],
+                                                                     training=False)
+                counted = cache.get("neuron_updates") if isinstance(cache, dict) else None
+                self.update_counts[i] += (_updates(layer, t3, lengths) if counted is None
+                                          else counted)  # the kernel's own count, if kept
                 res = None
                 continue
             h0, c0 = self.states[i]

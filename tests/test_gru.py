@@ -299,9 +299,13 @@ def test_update_counts_are_the_open_triples(backend):
     _, _, cache = layer.forward(x, t, lengths, training=True)  # leak 1e-3: dense
     assert cache["updates"] == cache["reset_gates"] == lengths.sum() * H
     if backend == "numba":
+        np.testing.assert_array_equal(cache["neuron_updates"],  # the dense kernel's
+                                      np.repeat(lengths[:, None], H, axis=1))
         _, _, cache = layer.forward(x, t, lengths, training=False)
         np.testing.assert_array_equal(cache["update_counts"],
                                       (on_open_piece & valid[:, :, None]).sum((1, 2)))
+        np.testing.assert_array_equal(cache["neuron_updates"],
+                                      (on_open_piece & valid[:, :, None]).sum(1))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

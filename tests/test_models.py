@@ -133,16 +133,25 @@ def test_streaming_equals_whole_sequence_evaluation(kind):
     assert all(u > 0 for layer, u in zip(net.layers, stream.updates) if layer.state_names)
 
 
-def test_a_phased_gru_stream_counts_the_open_updates_only():
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_phased_gru_stream_counts_the_open_updates_only(backend):
+    # numba: the kernel's own per-neuron count; numpy: the stream's count from the gate
     rng = np.random.default_rng(9)
-    layer = pl.PhasedGRU(2, 5, r_on=0.05, backend="numba", rng=rng)
+    layer = pl.PhasedGRU(2, 5, r_on=0.05, backend=backend, rng=rng)
     net = pl.Network([layer], pl.Dense(5, 2, rng=rng))
-    t = np.sort(rng.uniform(0, 50, (1, 40)), axis=1)
-    stream = net.stream()
-    stream.push(rng.normal(size=(1, 40, 2)), t)
+    t = np.sort(rng.uniform(0, 50, (2, 40)), axis=1)
+    x = rng.normal(size=(2, 40, 2))
+    stream = net.stream(batch=2)
+    stream.push(x[:, :25], t[:, :25], lengths=np.array([25, 10]))
+    stream.push(x[:, 25:], t[:, 25:], lengths=np.array([15, 5]))
     p = layer.params
-    expected = (pl.time_gate(t[0][:, None], p["tau"], p["s"], p["r_on"]) > 0).sum()
-    assert stream.updates == [int(expected)] and 0 < expected < 40 * 5
+    valid = np.zeros((2, 40), bool)
+    valid[0] = True
+    valid[1, :10] = valid[1, 25:30] = True  # the padding of each packet is skipped
+    k = pl.time_gate(t[:, :, None], p["tau"], p["s"], p["r_on"])
+    per_neuron = ((k > 0) & valid[:, :, None]).sum(1)
+    np.testing.assert_array_equal(stream.update_counts[0], per_neuron)
+    assert stream.updates == [int(per_neuron.sum())] and 0 < per_neuron.sum() < 50 * 5
 
 
 def test_a_bidirectional_network_refuses_to_stream():

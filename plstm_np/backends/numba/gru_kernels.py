@@ -101,14 +101,16 @@ _sigmoid = cell_math.sigmoid  # without overflow, in the dtype of its arguments
 
 
 def _forward(x, t, lengths, WxT, WhT, bias, tau, s, r_on, leak, gate_open, h0, one,
-                   store, h_seq, h_T, k_st, r_st, z_st, n_st, upd_st, active_st, counts):
+                   store, h_seq, h_T, k_st, r_st, z_st, n_st, upd_st, active_st, counts,
+                   neuron_counts):
     """The forward pass of a batch (see the module docstring).
 
     ``x`` (B, T, D), ``t`` (B, T), ``lengths`` (B,), ``WxT`` (3H, D), ``WhT`` (3H, H),
     ``bias`` (3H,), ``tau``, ``s``, ``r_on`` (H,) float64, ``h0`` (B, H). Writes ``h_seq``
     (B, T, H), ``h_T`` (B, H), ``counts`` (B, 2) and, with ``store``, the arrays the backward
     reads: ``k_st``, ``r_st``, ``z_st``, ``n_st``, ``upd_st`` (B, T, H) and ``active_st``
-    (B, T) (any neuron updated).
+    (B, T) (any neuron updated); adds to ``neuron_counts`` (B, H), zero on entry, the updates
+    of each sample's neurons.
     """
     B, T, D = x.shape
     H = h0.shape[1]
@@ -135,6 +137,7 @@ def _forward(x, t, lengths, WxT, WhT, bias, tau, s, r_on, leak, gate_open, h0, o
                 if upd[m]:
                     any_upd = True
                     updates += 1
+                    neuron_counts[b, m] += 1
             if store:
                 active_st[b, j] = any_upd
             if any_upd:
@@ -292,7 +295,7 @@ def _backward(dh_seq, dh_T, x, t, lengths, WxT, WhT, tau, s, r_on, leak, gate_op
 
 def _forward_dense(x, t, lengths, Wx, Wh_rz, Wh_n, bias, tau, s, r_on, leak, gate_open, h0,
                    one, nchunks, order, h_seq, h_T, k_st, r_st, z_st, n_st, upd_st, active_st,
-                   counts):
+                   counts, neuron_counts):
     """Training forward (``leak > 0`` or the gate open: every neuron updates at every valid
     step), parallel over ``nchunks`` chunks of the batch, two BLAS products per chunk and
     step: ``h_{j-1} [Wh_r, Wh_z]``, then ``(r * h_{j-1}) Wh_n``.
@@ -377,6 +380,8 @@ def _forward_dense(x, t, lengths, Wx, Wh_rz, Wh_n, bias, tau, s, r_on, leak, gat
             copy(h_T[b], h[r])
             counts[b, 0] = lengths[b] * H
             counts[b, 1] = lengths[b] * H
+            for m in range(H):
+                neuron_counts[b, m] = lengths[b]
 
 
 def _backward_dense(dh_seq, dh_T, x, t, lengths, Wx, WhT, tau, s, r_on, leak, gate_open, h0,
@@ -528,8 +533,8 @@ def gru_forward(params, x, t, lengths, h0, leak, gate_open=False, store=None, de
     ``store and (leak > 0 or gate_open)``, training) runs :func:`forward_dense_kernel`,
     which computes every neuron at every valid step with BLAS products and stores; else the
     kernel that skips closed neurons runs. ``cache["updates"]`` counts the neuron updates
-    computed, ``cache["reset_gates"]`` the reset gates, and ``cache["update_counts"]`` (B,)
-    the updates per sample.
+    computed, ``cache["reset_gates"]`` the reset gates, ``cache["update_counts"]`` (B,) the
+    updates per sample and ``cache["neuron_updates"]`` (B, H) per sample and neuron.
     """
     B, T, D = x.shape
     H = params["Wh"].shape[0]
@@ -549,6 +554,7 @@ def gru_forward(params, x, t, lengths, h0, leak, gate_open=False, store=None, de
     h_seq = np.empty((B, T, H), dtype)
     h_T = np.empty((B, H), dtype)
     counts = np.zeros((B, 2), np.int64)
+    neuron_counts = np.zeros((B, H), np.int64)
     x = np.ascontiguousarray(x, dtype)
     t64 = np.ascontiguousarray(t, np.float64)
     if dense is None:  # training: every neuron updates
@@ -564,17 +570,17 @@ def gru_forward(params, x, t, lengths, h0, leak, gate_open=False, store=None, de
                              np.ascontiguousarray(Wh[:, :2 * H]),
                              np.ascontiguousarray(Wh[:, 2 * H:]), bias, tau, s, r_on, leak,
                              gate_open, h0, dtype.type(1.0), nchunks, order, h_seq, h_T, k_st,
-                             r_st, z_st, n_st, upd_st, active_st, counts)
+                             r_st, z_st, n_st, upd_st, active_st, counts, neuron_counts)
     else:
         kernel = forward_kernel if _parallel(B, T, D, H) else forward_kernel_serial
         kernel(x, t64, lengths, WxT, WhT, bias, tau, s, r_on, leak, gate_open, h0,
                dtype.type(1.0), bool(store), h_seq, h_T, k_st, r_st, z_st, n_st, upd_st,
-               active_st, counts)
+               active_st, counts, neuron_counts)
     cache = dict(backend="numba", params=params, x=x, t=t, lengths=lengths, h0=h0, leak=leak,
                  gate_open=gate_open, h_seq=h_seq, order=order, nchunks=nchunks,
                  stored=(k_st, r_st, z_st, n_st, upd_st, active_st) if store else None,
                  updates=int(counts[:, 0].sum()), reset_gates=int(counts[:, 1].sum()),
-                 update_counts=counts[:, 0].copy())
+                 update_counts=counts[:, 0].copy(), neuron_updates=neuron_counts)
     return h_seq, h_T, cache
 
 
