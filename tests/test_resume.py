@@ -293,14 +293,72 @@ def test_reproduce_refuses_a_results_folder_of_another_protocol(tmp_path):
     assert json.loads((root / "protocol.json").read_text())["protocol"]["epochs"] == 2
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
     with pytest.raises(FileExistsError, match=r"another configuration of the protocol "
-                                              r"\(--epochs: 2 there, 3 now\)"):
-        ex.reproduce("frequency", tmp_path, **dict(QUICK, epochs=3, conditions=["lstm-async"]))
+                                              r"\(--epochs: 2 there, 1 now\)"):
+        ex.reproduce("frequency", tmp_path, **dict(QUICK, epochs=1, conditions=["lstm-async"]))
     with pytest.raises(FileExistsError, match=r"--hidden: 8 there, 5 now"):
         ex.reproduce("frequency", tmp_path, **dict(QUICK, hidden_size=5))
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing written
     # more seeds and other conditions are the same protocol: they add runs
     ex.reproduce("frequency", tmp_path, **dict(QUICK, seeds=2, conditions=["lstm-async"]))
     assert (root / "runs" / "lstm-async" / "seed1" / "last.npz").exists()
+
+
+@pytest.mark.parametrize("fresh", [True, False], ids=["fresh-data", "fixed-data"])
+def test_a_run_given_more_epochs_goes_on_bitwise_as_the_longer_run(tmp_path, uninterrupted,
+                                                                   fresh):
+    ref_dir, ref = uninterrupted[fresh]  # 4 epochs
+    ex.run_training(tiny(fresh_data=fresh, epochs=2), tmp_path, progress=False)
+    assert inspect_run(tmp_path, tiny(fresh_data=fresh)).kind == "unfinished"
+    run = ex.run_training(tiny(fresh_data=fresh), tmp_path, progress=False, resume=True)
+    assert run["resumed_from"] == 2
+    assert without_seconds(run["history"]) == without_seconds(ref["history"])
+    assert "resuming after epoch 2 of 4, extended from 2 epochs" in (
+        tmp_path / "run.log").read_text()
+    _assert_same_but_the_best_checkpoints_epochs(ref_dir, tmp_path)
+    # fewer epochs, or more without the resume state, are refused
+    with pytest.raises(FileExistsError, match=r"epochs: 4 there, 3 now"):
+        ex.run_training(tiny(fresh_data=fresh, epochs=3), tmp_path, progress=False,
+                        resume=True)
+    (tmp_path / "last.npz").unlink()
+    with pytest.raises(FileExistsError, match=r"epochs: 4 there, 5 now\); a run can be "
+                                              r"given more epochs only while it keeps its "
+                                              r"resume state"):
+        ex.run_training(tiny(fresh_data=fresh, epochs=5), tmp_path, progress=False,
+                        resume=True)
+
+
+def _assert_same_but_the_best_checkpoints_epochs(ref_dir, run_dir):
+    """As :func:`assert_same_run_folders`, but ``checkpoint.npz`` (the best epoch) may have
+    been written before the run was given more epochs: its configuration's ``epochs`` is
+    the one of then."""
+    arrays_a, meta_a = npz(ref_dir / "checkpoint.npz")
+    arrays_b, meta_b = npz(run_dir / "checkpoint.npz")
+    assert_bitwise(arrays_a, arrays_b)
+    for meta in (meta_a, meta_b):
+        meta["metadata"]["config"].pop("epochs")
+    assert meta_a == meta_b
+    arrays_a, meta_a = npz(ref_dir / "last.npz")
+    arrays_b, meta_b = npz(run_dir / "last.npz")
+    assert_bitwise(arrays_a, arrays_b)
+    assert meta_a == meta_b
+    log_a, log_b = (json.loads((d / "log.json").read_text()) for d in (ref_dir, run_dir))
+    assert without_seconds(log_a) == without_seconds(log_b)
+    assert json.loads((ref_dir / "config.json").read_text()) == \
+        json.loads((run_dir / "config.json").read_text())
+
+
+def test_a_reproduction_given_more_epochs_extends_its_runs(tmp_path):
+    ref = ex.reproduce("frequency", tmp_path / "ref", **dict(QUICK, epochs=3))
+    ex.reproduce("frequency", tmp_path / "b", **QUICK)  # 2 epochs
+    messages = []
+    got = ex.reproduce("frequency", tmp_path / "b", **dict(QUICK, epochs=3,
+                                                           log=messages.append))
+    assert strip_seconds(got) == strip_seconds(ref)
+    root = tmp_path / "b" / "frequency"
+    assert json.loads((root / "protocol.json").read_text())["protocol"]["epochs"] == 3
+    for run in (tmp_path / "ref" / "frequency" / "runs").glob("*/seed*"):
+        _assert_same_but_the_best_checkpoints_epochs(run, root / run.relative_to(
+            tmp_path / "ref" / "frequency"))
 
 
 def test_numba_backward_is_deterministic_run_to_run():

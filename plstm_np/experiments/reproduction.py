@@ -17,7 +17,7 @@ from ..io import load_checkpoint
 from .configs import TASK_ALIASES, TASK_SPECS, default_config
 from .registry import EXPERIMENTS
 from .reports import aggregate, results_markdown, write_figures
-from .run_folders import inspect_run
+from .run_folders import inspect_run, more_epochs
 from .runs import build_model, evaluate_checkpoint, resolve_backend
 from .sweeps import SweepRun, check_sweep_options, connect, run_sweep
 
@@ -52,7 +52,10 @@ def _check_protocol(root, name, proto):
         return
     there = {k: v for k, v in saved.get("protocol", {}).items() if k not in _OPEN_KEYS}
     now = {k: v for k, v in proto.items() if k not in _OPEN_KEYS}
-    differ = sorted(k for k in set(there) | set(now) if there.get(k) != now.get(k))
+    differ = sorted(k for k in set(there) | set(now) if there.get(k) != now.get(k)
+                    # more epochs: the runs go on from their resume states (each run's
+                    # folder is checked for one)
+                    and not (k == "epochs" and more_epochs(there.get(k), now.get(k))))
     if saved.get("experiment", name) != name:
         differ.insert(0, "experiment")
     if differ:

@@ -58,12 +58,25 @@ def config_differences(saved, cfg, ignore=("backend",)):
             if k not in ignore and saved.get(k) != cfg.get(k)]
 
 
-def _refuse_other_config(run_dir, saved, cfg):
+def _refuse_other_config(run_dir, saved, cfg, *, extend=False):
+    """Refuse a run folder made with another configuration. ``extend``: the folder keeps
+    its resume state, so more epochs than it was started with are no difference (the run
+    goes on from its last epoch)."""
     differ = config_differences(saved, cfg)
+    if extend:
+        differ = [d for d in differ if not (d[0] == "epochs" and more_epochs(d[1], d[2]))]
     if differ:
+        hint = ("; a run can be given more epochs only while it keeps its resume state "
+                "(last.npz)" if [d[0] for d in differ] == ["epochs"]
+                and more_epochs(*differ[0][1:]) else "")
         raise FileExistsError(f"{run_dir} holds a run with another configuration ("
                               + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in differ)
-                              + "); choose another --out or pass --overwrite")
+                              + f"){hint}; choose another --out or pass --overwrite")
+
+
+def more_epochs(there, now):
+    """Whether ``now`` asks for more epochs than ``there`` (both ints)."""
+    return isinstance(there, int) and isinstance(now, int) and now > there
 
 
 def read_state(path):
@@ -118,13 +131,14 @@ def inspect_run(run_dir, cfg):
     run_dir = Path(run_dir)
     paths = {name: run_dir / name for name in RUN_FILES}
     if paths["config.json"].exists():
-        _refuse_other_config(run_dir, json.loads(paths["config.json"].read_text()), cfg)
+        _refuse_other_config(run_dir, json.loads(paths["config.json"].read_text()), cfg,
+                             extend=paths["last.npz"].exists())
     history = None
     if paths["log.json"].exists():
         history = json.loads(paths["log.json"].read_text())
     if paths["last.npz"].exists():
         meta = read_state(paths["last.npz"])
-        _refuse_other_config(run_dir, meta.get("config") or {}, cfg)
+        _refuse_other_config(run_dir, meta.get("config") or {}, cfg, extend=True)
         state = meta["resume"]
         patience = cfg.get("patience")
         done = state["epoch"] >= cfg["epochs"] or (patience is not None

@@ -400,8 +400,15 @@ def run_training(cfg, out_dir=None, *, progress=True, overwrite=False, resume=Fa
         if saved.get("numba_threads") != threads:
             notes.append(f"started with {saved.get('numba_threads')} Numba threads, continued "
                          f"with {threads}")
+        started = saved["config"].get("epochs")
+        if started != cfg["epochs"]:  # given more epochs (inspect_run allows no other change)
+            notes_extend = f", extended from {started} epochs"
+            write_json_atomic(paths["config"], cfg)
+        else:
+            notes_extend = ""
         what = ("complete: nothing to train" if status.kind == "complete" else
-                f"resuming after epoch {resumed_from} of {cfg['epochs']} from {paths['last']}")
+                f"resuming after epoch {resumed_from} of {cfg['epochs']}{notes_extend} from "
+                f"{paths['last']}")
         run_log(what + (f" ({'; '.join(notes)}: not bitwise an uninterrupted run)"
                         if notes else ""))
     start = time.perf_counter()
