@@ -363,22 +363,26 @@ def test_curve_figures_shade_the_range_over_seeds(tmp_path, monkeypatch):
                         lambda ax, x, y1, y2, **kw: bands.append((x, y1, y2))
                         or real(ax, x, y1, y2, **kw))
     curves = [[0.3, 0.2, 0.1], [0.5, 0.1, 0.05], [0.4, 0.3, 0.2]]
-    three = [dict(seed=k, curve_val_loss=c) for k, c in enumerate(curves)]
+    train = [[0.2, 0.1, 0.01], [0.3, 0.2, 0.1], [0.25, 0.05, 0.02]]
+    three = [dict(seed=k, curve_val_loss=c, curve_train_loss=tr)
+             for k, (c, tr) in enumerate(zip(curves, train))]
+    one = [dict(seed=0, curve_val_loss=curves[0], curve_train_loss=train[0]),
+           dict(seed=1, curve_val_loss=curves[1][:2], curve_train_loss=train[1][:2])]
     results = dict(experiment="adding", title="t", protocol=dict(seeds=[0, 1, 2], n_train=8),
                    conditions={
                        "plstm-tau6-8": dict(curve_val_loss_mean=np.mean(curves, 0).tolist(),
+                                            curve_train_loss_mean=np.mean(train, 0).tolist(),
                                             runs=three),
                        "lstm": dict(curve_val_loss_mean=curves[0],
-                                    runs=[dict(seed=0, curve_val_loss=curves[0]),
-                                          dict(seed=1, curve_val_loss=curves[1][:2])]),
+                                    curve_train_loss_mean=train[0], runs=one),
                    })
     paths = ex.reports.write_figures(results, tmp_path)
     assert [p.name for p in paths] == ["fig4b_curves.png"] and paths[0].exists()
-    assert len(bands) == 1  # the LSTM has one complete run only
-    x, low, high = bands[0]
-    np.testing.assert_array_equal(x, [1, 2, 3])
-    np.testing.assert_array_equal(low, [0.3, 0.1, 0.05])
-    np.testing.assert_array_equal(high, [0.5, 0.3, 0.2])
+    assert len(bands) == 2  # validation and training loss; the LSTM has one complete run
+    for (x, low, high), got in zip(bands, (curves, train)):
+        np.testing.assert_array_equal(x, [1, 2, 3])
+        np.testing.assert_array_equal(low, np.min(got, axis=0))
+        np.testing.assert_array_equal(high, np.max(got, axis=0))
 
 
 def test_batch_accuracy_panel_draws_the_published_reference_curve(tmp_path, monkeypatch):

@@ -205,9 +205,10 @@ def write_figures(results, folder):
     # reimplementation's sequential-MNIST curves), where every run recorded it
     batch_curves = classification and all("curve_train_accuracy_mean" in c
                                            for c in conds.values())
-    panels = 1 + classification + batch_curves
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels if classification else 5.5, 3.5),
-                             squeeze=False)
+    # regression: the validation MSE (evaluation: leak 0) and the training loss (training
+    # mode: the leak on), which can part ways when a network comes to rely on the leak
+    panels = 1 + classification + batch_curves if classification else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
     variants = list(dict.fromkeys(name.partition("-")[2] for name in conds))
     p = results["protocol"]
     steps_per_epoch = -(-p["n_train"] // p.get("batch_size", 32))
@@ -223,7 +224,8 @@ def write_figures(results, folder):
                      marker="." if len(epochs) < 30 else None)
         panels_here = ([(axes[0, 0], epochs, "curve_val_accuracy", 100),
                         (axes[0, 1], epochs, "curve_val_loss", 1)] if classification
-                       else [(axes[0, 0], epochs, "curve_val_loss", 1)])
+                       else [(axes[0, 0], epochs, "curve_val_loss", 1),
+                             (axes[0, 1], epochs, "curve_train_loss", 1)])
         if batch_curves:
             panels_here.append((axes[0, 2], epochs * steps_per_epoch, "curve_train_accuracy",
                                 100))
@@ -237,8 +239,10 @@ def write_figures(results, folder):
         axes[0, 0].set_ylabel("validation accuracy (%)")
         axes[0, 1].set_ylabel("validation loss (cross-entropy)")
     else:
-        axes[0, 0].set_ylabel("validation MSE")
-        axes[0, 0].set_yscale("log")
+        axes[0, 0].set_ylabel("validation MSE (evaluation: leak 0)")
+        axes[0, 1].set_ylabel("training MSE (training mode: leak on)")
+        for ax in axes[0]:
+            ax.set_yscale("log")
     for ax in axes[0]:
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
