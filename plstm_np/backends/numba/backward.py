@@ -38,10 +38,10 @@ from .cell_math import (
 from .compile import device, kernel
 from .forward import blocked_dot, chunk_bounds, open_neurons, phase_row
 
-__all__ = ["backward_kernel", "backward_sparse_kernel", "SPARSE_BACKWARD"]
+__all__ = ["backward_kernel", "backward_sparse_kernel", "gate_grads_row", "SPARSE_BACKWARD"]
 
 
-def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, leak, phis, k, gtau, gs, gr,
+def gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, leak, phis, k, gtau, gs, gr,
                     t_fast, s_mod):
     """The time gate of every neuron at ``tj`` and its derivatives, for the dense backward
     (every neuron updated): ``k`` (model dtype) and, float64, ``gtau``, ``gs``, ``gr`` =
@@ -61,7 +61,7 @@ def _gate_grads_row(tj, tau, inv_tau, s, r_on, two_r, leak, phis, k, gtau, gs, g
         gr[n] = dk_dr_on(phis[n], r_on[n], two_r[n])
 
 
-_gate_grads_row = device(_gate_grads_row)
+gate_grads_row = device(gate_grads_row)
 
 
 def _cell_grads_row(dh, dc, hp, cp, i_g, f_g, g_g, o_g, tanh_ct_g, k, w_ci, w_cf, w_co, dz, timing,
@@ -246,7 +246,7 @@ def _backward(grads_out, seq, weights, peep, timing, leak, gate_open, state, h_s
                 if gate_open:
                     kbuf[:] = one
                 else:
-                    _gate_grads_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis,
+                    gate_grads_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis,
                                     kbuf, gtau, gs, gr, t_fast, s_mod)
                 _cell_grads_row(dh[r], dc[r], hp, cp, i_c[b, j], f_c[b, j], g_c[b, j],
                                 o_c[b, j], tanh_ct_c[b, j], kbuf, w_ci, w_cf, w_co, dzr,

@@ -43,7 +43,7 @@ from .compile import device, kernel
 from .intrinsics import lowest_bit, maybe_open8, prefetch
 
 __all__ = ["forward_kernel", "forward_kernel_serial", "forward_dense_kernel", "open_neurons",
-           "blocked_dot", "chunk_bounds", "MANY_OPEN", "DOT_PAD"]
+           "blocked_dot", "chunk_bounds", "phase_row", "gate_row", "MANY_OPEN", "DOT_PAD"]
 
 
 MANY_OPEN = 2  # more than H / 2 open at the previous step: every exact phase, vectorised
@@ -380,7 +380,7 @@ def phase_row(tj, tau, inv_tau, s, phis, t_fast, s_mod):
 phase_row = device(phase_row)
 
 
-def _gate_row(tj, tau, inv_tau, s, r_on, two_r, leak, phis, k, t_fast, s_mod):
+def gate_row(tj, tau, inv_tau, s, r_on, two_r, leak, phis, k, t_fast, s_mod):
     """The time gate of every neuron at ``tj`` (training: every neuron updates): the phases
     into ``phis`` (float64), the openness into ``k`` (model dtype). One output per loop,
     as in the cell loops below."""
@@ -390,7 +390,7 @@ def _gate_row(tj, tau, inv_tau, s, r_on, two_r, leak, phis, k, t_fast, s_mod):
         k[n] = openness(phis[n], r_on[n], two_r[n], leak)
 
 
-_gate_row = device(_gate_row)
+gate_row = device(gate_row)
 
 
 def _cells_row(z, k, c, h, w_ci, w_cf, w_co, i_out, f_out, g_out, o_out, tanh_ct_out, ct,
@@ -499,7 +499,7 @@ def _forward_dense(seq, weights, peep, timing, leak, gate_open, state, nchunks, 
                     if gate_open:
                         kbuf[:] = one
                     else:
-                        _gate_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis, kbuf,
+                        gate_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis, kbuf,
                                   t_fast, s_mod)
                     _cells_row(zr, kbuf, c[r], h[r], w_ci, w_cf, w_co, i_c[b, j], f_c[b, j],
                                g_c[b, j], o_c[b, j], tanh_ct_c[b, j], ct, one)

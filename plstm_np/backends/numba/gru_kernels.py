@@ -53,10 +53,10 @@ import numpy as np
 
 from ... import config
 from . import cell_math
-from .backward import _gate_grads_row
+from .backward import gate_grads_row
 from .cell_math import copy, gate_constants
 from .compile import device, exact, kernel
-from .forward import _gate_row, blocked_dot, chunk_bounds
+from .forward import blocked_dot, chunk_bounds, gate_row
 from .workspace import packed_order
 
 __all__ = ["gru_forward", "gru_backward", "phase", "forward_kernel", "backward_kernel",
@@ -364,7 +364,7 @@ def _forward_dense(x, t, lengths, Wx, Wh_rz, Wh_n, bias, tau, s, r_on, leak, gat
                         for m in range(H):
                             kk[m] = one
                     else:
-                        _gate_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis, kk,
+                        gate_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis, kk,
                                   t_fast, s_mod)
                     zz = z_st[b, j]
                     hr = h[r]
@@ -437,7 +437,7 @@ def _backward_dense(dh_seq, dh_T, x, t, lengths, Wx, WhT, tau, s, r_on, leak, ga
                 copy(hp_rows[r], hp)
                 kk, rr, zz, nn = k_st[b, j], r_st[b, j], z_st[b, j], n_st[b, j]
                 if not gate_open:
-                    _gate_grads_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis, kbuf,
+                    gate_grads_row(t[b, j], tau, inv_tau, s, r_on, two_r, leak, phis, kbuf,
                                     gtau, gs, gr, t_fast, s_mod)
                     for m in range(H):
                         ht = (one - zz[m]) * nn[m] + zz[m] * hp[m]
