@@ -92,7 +92,7 @@ def results_markdown(results):
     classification = any("final_val_accuracy_mean" in c for c in conds.values())
     if classification:
         lines += ["| condition | final val. accuracy (%) | best (%) | epoch 1 (%) | "
-                  "updates/neuron (eval) | dense | share (paper: 5 %) | paper (%) | "
+                  "updates/neuron (eval) | dense | share of dense | paper (%) | "
                   "training time/run (s) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         paper_std = results.get("paper_std", {})
