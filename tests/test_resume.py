@@ -373,3 +373,64 @@ def test_numba_backward_is_deterministic_run_to_run():
         loss, grads = net.loss_and_grads(batch, training=True)
         assert loss == first[0]
         assert_bitwise(grads, first[1])
+
+
+# One process per run folder: a second one is refused before it reads or writes a run file.
+
+def _hold_lock(folder):
+    """A process that holds ``folder``'s run lock until killed; returns it once it holds it."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        from plstm_np.experiments.run_folders import run_folder_lock
+        with run_folder_lock({str(folder)!r}):
+            print("locked", flush=True)
+            time.sleep(600)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    holder = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused_untouched(tmp_path, capsys):
+    from plstm_np.experiments.run_folders import LOCK_FILE, RunFolderInUse
+    folder, other = tmp_path / "run", tmp_path / "other"
+    holder = _hold_lock(folder)
+    try:
+        with pytest.raises(RunFolderInUse, match=rf"{folder} is in use: process {holder.pid} "):
+            ex.run_training(tiny(), folder, progress=False, resume=True)
+        # a sweep over it refuses before training any of its runs
+        runs = [ex.sweeps.SweepRun("other", tiny(), other), ex.sweeps.SweepRun("run", tiny(),
+                                                                                folder)]
+        with pytest.raises(RunFolderInUse, match="is in use"):
+            ex.sweeps.run_sweep(runs, log=lambda m: None)
+        assert main(["train", "freq", "--out", str(folder), "--epochs", "1", "--n-train", "4",
+                     "--n-val", "4", "--quiet"]) == 2
+        assert "is in use" in capsys.readouterr().err
+        assert [p.name for p in folder.iterdir()] == [LOCK_FILE]  # no run file written
+        assert not other.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock went with its holder (killed, no clean-up): the folder trains now
+    run = ex.run_training(tiny(epochs=1), folder, progress=False, resume=True)
+    assert len(run["history"]) == 1 and (folder / "log.json").exists()
+
+
+def test_the_lock_removes_only_a_folder_it_created_and_left_empty(tmp_path):
+    from plstm_np.experiments.run_folders import LOCK_FILE, run_folder_lock
+    new = tmp_path / "new" / "seed0"
+    with pytest.raises(KeyError):
+        with run_folder_lock(new):
+            assert (new / LOCK_FILE).exists()
+            raise KeyError("a failure before any run file")
+    assert not new.exists() and (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with run_folder_lock(kept):
+        pass
+    assert kept.is_dir()
+    with run_folder_lock(new):
+        (new / "config.json").write_text("{}")
+    assert (new / "config.json").read_text() == "{}"

@@ -10,6 +10,8 @@ A run folder (what :func:`~plstm_np.experiments.run_training` writes) holds:
                     optimizer, and the loop's state: see :func:`plstm_np.train`), written last
 ``run.log``         the run's messages and one line per epoch, in plain text
 ``test_rhos.json``  N-MNIST reproductions: the checkpoint's figures at other event rates
+``.run.lock``       held while a process trains the run or writes its files there
+                    (:func:`run_folder_lock`); empty of meaning once that process has ended
 ==================  ===========================================================================
 
 :func:`inspect_run` says whether a folder holds nothing, an unfinished run that can resume
@@ -19,7 +21,9 @@ configuration: runs are never mixed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import os
 import time
 import zipfile
 from pathlib import Path
@@ -29,13 +33,74 @@ import numpy as np
 from ..files import atomic_write
 
 __all__ = ["RUN_FILES", "RunStatus", "inspect_run", "config_differences", "read_state",
-           "read_run_files", "write_run_files", "remove_run_files", "RunLog", "numba_threads"]
+           "read_run_files", "write_run_files", "remove_run_files", "RunLog", "numba_threads",
+           "LOCK_FILE", "RunFolderInUse", "run_folder_lock"]
 
 #: The files of a run folder, in the order a finished run's files are copied into one
 #: (:func:`write_run_files`): ``log.json`` last, so that a folder whose copy was
 #: interrupted never looks complete.
 RUN_FILES = ("checkpoint.npz", "last.npz", "run.log", "test_rhos.json", "config.json",
              "log.json")
+
+#: The lock file of a run folder (:func:`run_folder_lock`); not a run file: it stays.
+LOCK_FILE = ".run.lock"
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks here (see run_folder_lock)
+    fcntl = None
+
+
+class RunFolderInUse(OSError):
+    """Another process holds the run folder's lock: it is training the run there."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir):
+    """Hold the lock of ``run_dir`` (its ``.run.lock``) for the duration of the block.
+
+    Two processes training into one folder (a sweep started twice on the same output
+    folder, say) would each write their epochs into the same files; with the lock the
+    second raises :class:`RunFolderInUse` before it reads or writes any run file. The lock
+    is the operating system's (``flock``), so it goes with its holder however that ends (a
+    kill, a crash): no stale lock is ever left to remove by hand. The folder is created if
+    needed, and removed again on exit if the block left nothing in it but the lock file.
+    Where ``fcntl`` is missing (Windows) the block runs unlocked.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+
+    Raises
+    ------
+    RunFolderInUse
+        Naming the folder and the holder's process id.
+    """
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                raise RunFolderInUse(
+                    f"run folder {run_dir} is in use: process {holder} is training the run "
+                    f"there; wait for it to end, or choose another folder") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        try:
+            yield run_dir
+        finally:
+            if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+                path.unlink()
+                run_dir.rmdir()
+    finally:
+        os.close(fd)  # releases the lock
+
 
 #: What :func:`inspect_run` finds: ``kind`` is ``'new'`` (nothing to keep: no files, or only
 #: the configuration of a run interrupted in its first epoch), ``'unfinished'`` (resumable

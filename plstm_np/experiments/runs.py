@@ -76,6 +76,7 @@ from .run_folders import (
     numba_threads,
     read_state,
     remove_run_files,
+    run_folder_lock,
 )
 
 __all__ = ["make_data", "make_val_data", "resolve_backend", "build_model", "run_training",
@@ -312,7 +313,7 @@ def build_model(cfg):
 # ----------------------------------------------------------------------------- one run
 
 def run_training(cfg, out_dir=None, *, progress=True, overwrite=False, resume=False, log=print,
-                 callback=None):
+                 callback=None, lock=True):
     """Train one model as configured; write the run folder if ``out_dir`` is given.
 
     Parameters
@@ -349,6 +350,11 @@ def run_training(cfg, out_dir=None, *, progress=True, overwrite=False, resume=Fa
     callback : callable, optional
         ``callback(epoch, record)`` after every epoch, once its files are written (see
         :func:`plstm_np.train`).
+    lock : bool
+        Hold ``out_dir``'s lock (:func:`~plstm_np.experiments.run_folders.run_folder_lock`)
+        while training, so that a second process training into the same folder raises
+        :class:`~plstm_np.experiments.run_folders.RunFolderInUse` instead of mixing its
+        epochs with this one's; False where the caller holds it (a sweep does).
 
     Returns
     -------
@@ -358,6 +364,16 @@ def run_training(cfg, out_dir=None, *, progress=True, overwrite=False, resume=Fa
         ``seconds`` (of this call), ``n_train``, ``n_val``, ``resumed_from`` (the epoch a
         resumed run continued after; 0 for a new run).
     """
+    args = dict(progress=progress, overwrite=overwrite, resume=resume, log=log,
+                callback=callback)
+    if out_dir is None or not lock:
+        return _run_training(cfg, out_dir, **args)
+    with run_folder_lock(out_dir):
+        return _run_training(cfg, out_dir, **args)
+
+
+def _run_training(cfg, out_dir, *, progress, overwrite, resume, log, callback):
+    """:func:`run_training` with the folder's lock held."""
     cfg = dict(cfg)
     paths, status, run_log = {}, None, RunLog(echo=log)
     if out_dir is None and resume:

@@ -36,7 +36,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..backends import get_backend
-from .run_folders import read_run_files, remove_run_files, write_run_files
+from .run_folders import read_run_files, remove_run_files, run_folder_lock, write_run_files
 from .runs import run_training
 
 __all__ = ["SweepRun", "SchedulerUnreachableError", "available_cores", "check_sweep_options",
@@ -217,11 +217,13 @@ def run_here(cfg, run_dir, threads=None, overwrite=False, progress=False, callba
     dict
         The run's summary: ``config``, ``history``, ``final``, ``seconds``, ``n_train``,
         ``n_val``, ``resumed_from``. Its messages are in ``run_dir/run.log``.
+
+    The sweep holds the folder's lock (:func:`run_sweep`); this function does not take it.
     """
     with _numba_threads(cfg["backend"], threads):
         return _summary(run_training(cfg, run_dir, progress=progress, overwrite=overwrite,
                                      resume=not overwrite, log=lambda message: None,
-                                     callback=callback))
+                                     callback=callback, lock=False))
 
 
 def run_remote(cfg, files, threads=None):
@@ -296,11 +298,28 @@ def run_sweep(runs, *, jobs=1, threads=None, client=None, overwrite=False, progr
     -------
     list of dict
         Each run's summary (see :func:`run_here`).
+
+    Raises
+    ------
+    RunFolderInUse
+        Another process holds one of the run folders (another sweep into the same folder,
+        say); nothing is trained. This process holds every run folder's lock
+        (:func:`~plstm_np.experiments.run_folders.run_folder_lock`) until it returns.
     """
     check_sweep_options(jobs, threads)
     if client is not None and jobs != 1:
         raise ValueError(f"jobs={jobs} and a Dask client exclude each other")
     runs = list(runs)
+    with contextlib.ExitStack() as locks:
+        for run in runs:
+            locks.enter_context(run_folder_lock(run.run_dir))
+        return _run_sweep(runs, jobs, threads, client, overwrite, progress, bar, log, label,
+                          remote_task, retries)
+
+
+def _run_sweep(runs, jobs, threads, client, overwrite, progress, bar, log, label, remote_task,
+               retries):
+    """:func:`run_sweep` with the run folders' locks held."""
     if threads is None and jobs > 1:
         threads = max(1, available_cores() // jobs)
     summaries = [None] * len(runs)
