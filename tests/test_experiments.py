@@ -408,3 +408,34 @@ def test_batch_accuracy_panel_draws_the_published_reference_curve(tmp_path, monk
     # our own curve is drawn against the update steps: 2 batches of 256 per epoch
     ours = [a for a, kw in lines if kw.get("label") == "plstm"]
     np.testing.assert_array_equal(ours[-1][0], [2, 4])
+
+
+def test_fig4a_draws_the_papers_curves_and_one_colour_per_model(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    lines = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda ax, *a, **kw: lines.append((a, kw)) or real(ax, *a, **kw))
+    refs = ex.EXPERIMENTS["superimposed"].reference_curves
+    assert set(refs) == {"plstm", "bnlstm", "lstm"}
+    conds = {}
+    for k, name in enumerate(refs):
+        run = dict(seed=0, curve_val_loss=[0.7, 0.6], curve_val_accuracy=[0.5, 0.6 + k / 10])
+        conds[name] = {key + "_mean": v for key, v in run.items() if key.startswith("curve")}
+        conds[name].update(runs=[run], final_val_accuracy_mean=0.6)
+    results = dict(experiment="superimposed", title="t", protocol=dict(seeds=[0], n_train=64),
+                   conditions=conds, reference_curves=refs)
+    ex.reports.write_figures(results, tmp_path)
+    colours = {}
+    for name, ref in refs.items():
+        drawn = [(a, kw) for a, kw in lines if kw.get("label") == f"{name}: {ref['label']}"]
+        assert len(drawn) == 1
+        (xs, ys), kw = drawn[0]
+        np.testing.assert_array_equal(xs, ref["epochs"])
+        np.testing.assert_allclose(ys, 100 * np.array(ref["val_accuracy"]))
+        ours = [kw2 for a, kw2 in lines if kw2.get("label") == name]
+        assert len(ours) == 2  # accuracy and loss panels
+        assert ours[0]["color"] == kw["color"]  # the paper's curve in its model's colour
+        colours[name] = kw["color"]
+    assert len(set(colours.values())) == 3

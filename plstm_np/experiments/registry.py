@@ -29,8 +29,10 @@ class Experiment:
     paper_std : dict
         Their standard deviations over seeds, where the authors published them.
     reference_curves : dict
-        Published training-batch accuracy curves to draw beside ours, per condition:
-        ``{"label": str, "steps": [...], "train_accuracy": [...]}`` (fractions).
+        Published curves to draw beside ours, per condition: training-batch accuracy
+        against the update steps, ``{"label": str, "steps": [...], "train_accuracy":
+        [...]}``, or validation accuracy against the epochs, ``{"label": str, "epochs":
+        [...], "val_accuracy": [...]}`` (fractions).
 
     Notes
     -----
@@ -55,6 +57,26 @@ class Experiment:
 
 
 _QUICK = dict(epochs=1, n_train=8, n_val=8, seeds=1, batch_size=4, hidden_size=8)
+
+# Fig. 4a's mean curves (5 seeds each), read off the authors' image of it
+# (dannyneil/public_plstm, images/task2_acc.png, drawn by B_Freq_Combo_Task.ipynb from
+# their script's runs, i.e. the task's 'authors' variant): at each epoch the median pixel
+# row of the mean line's colour within +-3 epochs, the axes calibrated on the frame (0-300
+# epochs, 45-95 %); about +-0.5 points. The LSTM's line is hidden at epoch 10.
+_FIG4A_EPOCHS = [2, 5, 10, 15, 20, 30, 40, 50, 75, 100, 125, 150, 175, 200, 225, 250, 275, 300]
+_FIG4A_LABEL = "paper Fig. 4a (the authors' image, read off)"
+_FIG4A = {
+    "plstm": dict(label=_FIG4A_LABEL, epochs=_FIG4A_EPOCHS, val_accuracy=[
+        0.760, 0.789, 0.845, 0.863, 0.874, 0.882, 0.894, 0.904, 0.913, 0.916, 0.926, 0.932,
+        0.928, 0.936, 0.939, 0.935, 0.936, 0.932]),
+    "bnlstm": dict(label=_FIG4A_LABEL, epochs=_FIG4A_EPOCHS, val_accuracy=[
+        0.503, 0.503, 0.506, 0.504, 0.504, 0.502, 0.505, 0.504, 0.516, 0.509, 0.527, 0.527,
+        0.527, 0.547, 0.548, 0.567, 0.595, 0.612]),
+    "lstm": dict(label=_FIG4A_LABEL, epochs=[e for e in _FIG4A_EPOCHS if e != 10],
+                 val_accuracy=[0.496, 0.497, 0.513, 0.508, 0.514, 0.510, 0.510, 0.509,
+                               0.510, 0.521, 0.536, 0.532, 0.530, 0.538, 0.551, 0.555,
+                               0.567]),
+}
 
 EXPERIMENTS = {
     "frequency": Experiment(
@@ -81,6 +103,7 @@ EXPERIMENTS = {
         # notebook B_Freq_Combo_Task.ipynb prints no numbers; the BN-LSTM's seeds spread
         # over 50-80 %, the LSTM's over 50-62 %
         paper={"plstm": 93.0, "bnlstm": "60", "lstm": "55–60"},
+        reference_curves=_FIG4A,
     ),
     "superimposed_authors": Experiment(
         "superimposed_authors",
@@ -90,6 +113,7 @@ EXPERIMENTS = {
         protocol=dict(epochs=300, n_train=5024, n_val=512, seeds=5, lr=1e-3),
         quick=_QUICK,
         paper={"plstm": 93.0, "bnlstm": "60", "lstm": "55–60"},
+        reference_curves=_FIG4A,
     ),
     # The paper gives the task (sequences of 490-510 steps) and the four tau ranges, not a
     # training length or set size; the authors' repository has no script for it. Here:

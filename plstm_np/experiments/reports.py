@@ -216,12 +216,14 @@ def write_figures(results, folder):
         steps_per_epoch = min(steps_per_epoch, p["max_batches"])
     for name, c in conds.items():
         epochs = np.arange(1, len(c["curve_val_loss_mean"]) + 1)
-        # one colour per variant (sampling, tau range); solid Phased LSTM, dashed LSTM,
-        # dotted BN-LSTM
+        # one colour per variant (sampling, tau range), or per model where the conditions
+        # are the models alone (Fig. 4a, Table 1); solid Phased LSTM, dashed LSTM, dotted
+        # BN-LSTM
         model = name.partition("-")[0]
+        colour = (_COLOURS.get(model, "k") if len(variants) == 1
+                  else f"C{variants.index(name.partition('-')[2]) % 10}")
         style = dict(ls={"plstm": "-", "pgru": "-", "bnlstm": ":"}.get(model, "--"),
-                     color=f"C{variants.index(name.partition('-')[2]) % 10}",
-                     marker="." if len(epochs) < 30 else None)
+                     color=colour, marker="." if len(epochs) < 30 else None)
         panels_here = ([(axes[0, 0], epochs, "curve_val_accuracy", 100),
                         (axes[0, 1], epochs, "curve_val_loss", 1)] if classification
                        else [(axes[0, 0], epochs, "curve_val_loss", 1),
@@ -246,8 +248,18 @@ def write_figures(results, folder):
     for ax in axes[0]:
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
+    references = results.get("reference_curves", {})
+    if classification:  # published validation-accuracy curves, against the epochs
+        for name, ref in references.items():
+            if "val_accuracy" in ref:
+                model = name.partition("-")[0]
+                axes[0, 0].plot(ref["epochs"], 100 * np.array(ref["val_accuracy"]),
+                                color=_COLOURS.get(model, "k"), ls="none", marker="o", ms=4,
+                                mfc="none", label=f"{name}: {ref['label']}")
+        axes[0, 0].legend(fontsize=7)
     if batch_curves:
-        for k, (name, ref) in enumerate(results.get("reference_curves", {}).items()):
+        batch_refs = [(name, ref) for name, ref in references.items() if "train_accuracy" in ref]
+        for k, (name, ref) in enumerate(batch_refs):
             axes[0, 2].plot(ref["steps"], 100 * np.array(ref["train_accuracy"]), "k" + "ox"[k % 2],
                             ms=5, ls="none", label=f"{name}: {ref['label']}")
         axes[0, 2].legend(fontsize=7)
