@@ -413,9 +413,12 @@ def test_a_run_folder_in_use_by_another_process_is_refused_untouched(tmp_path, c
     finally:
         holder.kill()
         holder.wait()
-    # the lock went with its holder (killed, no clean-up): the folder trains now
+    # the lock went with its holder (killed, no clean-up): the folder trains now, and the
+    # lock file the killed process left goes with the next holder
+    assert (folder / LOCK_FILE).exists()
     run = ex.run_training(tiny(epochs=1), folder, progress=False, resume=True)
     assert len(run["history"]) == 1 and (folder / "log.json").exists()
+    assert not (folder / LOCK_FILE).exists()
 
 
 def test_the_lock_removes_only_a_folder_it_created_and_left_empty(tmp_path):
@@ -430,7 +433,27 @@ def test_the_lock_removes_only_a_folder_it_created_and_left_empty(tmp_path):
     kept.mkdir()
     with run_folder_lock(kept):
         pass
-    assert kept.is_dir()
+    assert kept.is_dir() and not any(kept.iterdir())  # no lock file left either
     with run_folder_lock(new):
         (new / "config.json").write_text("{}")
-    assert (new / "config.json").read_text() == "{}"
+    assert [p.name for p in new.iterdir()] == ["config.json"]
+
+
+def test_a_lock_file_replaced_while_locking_is_taken_afresh(tmp_path, monkeypatch):
+    """The holder unlinks the lock file as it lets go; a lock won on that unlinked file
+    would lock nothing, so it is dropped and the new file locked."""
+    from plstm_np.experiments import run_folders
+    path = tmp_path / run_folders.LOCK_FILE
+    real_flock, calls = run_folders.fcntl.flock, []
+
+    def flock(fd, op):
+        real_flock(fd, op)
+        calls.append(os.fstat(fd).st_ino)
+        if len(calls) == 1:  # the holder lets go between our open and our check
+            path.unlink()
+            path.write_text("")
+
+    monkeypatch.setattr(run_folders.fcntl, "flock", flock)
+    with run_folders.run_folder_lock(tmp_path):
+        assert len(calls) == 2 and calls[1] == path.stat().st_ino
+        assert path.read_text() == str(os.getpid())

@@ -10,8 +10,8 @@ A run folder (what :func:`~plstm_np.experiments.run_training` writes) holds:
                     optimizer, and the loop's state: see :func:`plstm_np.train`), written last
 ``run.log``         the run's messages and one line per epoch, in plain text
 ``test_rhos.json``  N-MNIST reproductions: the checkpoint's figures at other event rates
-``.run.lock``       held while a process trains the run or writes its files there
-                    (:func:`run_folder_lock`); empty of meaning once that process has ended
+``.run.lock``       there while a process trains the run or writes its files there
+                    (:func:`run_folder_lock`), removed when it is done
 ==================  ===========================================================================
 
 :func:`inspect_run` says whether a folder holds nothing, an unfinished run that can resume
@@ -63,9 +63,10 @@ def run_folder_lock(run_dir):
     folder, say) would each write their epochs into the same files; with the lock the
     second raises :class:`RunFolderInUse` before it reads or writes any run file. The lock
     is the operating system's (``flock``), so it goes with its holder however that ends (a
-    kill, a crash): no stale lock is ever left to remove by hand. The folder is created if
-    needed, and removed again on exit if the block left nothing in it but the lock file.
-    Where ``fcntl`` is missing (Windows) the block runs unlocked.
+    kill, a crash): a lock file left by a killed process locks nothing, and the next
+    holder removes it. On exit the lock file is removed, and so is the folder if the block
+    created it and left it empty. Where ``fcntl`` is missing (Windows) the block runs
+    unlocked.
 
     Parameters
     ----------
@@ -79,27 +80,43 @@ def run_folder_lock(run_dir):
     run_dir = Path(run_dir)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = None if fcntl is None else _acquire(run_dir / LOCK_FILE)
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-                raise RunFolderInUse(
-                    f"run folder {run_dir} is in use: process {holder} is training the run "
-                    f"there; wait for it to end, or choose another folder") from None
+        yield run_dir
+    finally:
+        if fd is not None:
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)  # while still held: see _acquire
+            os.close(fd)
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+
+
+def _acquire(path):
+    """A descriptor of ``path`` holding its flock, with this process's id written in it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise RunFolderInUse(
+                f"run folder {path.parent} is in use: process {holder} is training the run "
+                f"there; wait for it to end, or choose another folder") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # a holder unlinks the file as it lets go: a lock taken on the unlinked file, in
+        # that instant, would lock nothing, so take the file that is there now
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
-        try:
-            yield run_dir
-        finally:
-            if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
-                path.unlink()
-                run_dir.rmdir()
-    finally:
-        os.close(fd)  # releases the lock
+            return fd
+        os.close(fd)
 
 
 #: What :func:`inspect_run` finds: ``kind`` is ``'new'`` (nothing to keep: no files, or only
