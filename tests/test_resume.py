@@ -15,6 +15,7 @@ import pytest
 import plstm_np as pl
 from plstm_np import experiments as ex
 from plstm_np.cli import main
+from plstm_np.experiments import run_folders
 from plstm_np.experiments.run_folders import inspect_run, read_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -377,6 +378,10 @@ def test_numba_backward_is_deterministic_run_to_run():
 
 # One process per run folder: a second one is refused before it reads or writes a run file.
 
+needs_flock = pytest.mark.skipif(
+    run_folders.fcntl is None,
+    reason="run folders are locked with fcntl.flock, which this platform lacks")
+
 def _hold_lock(folder):
     """A process that holds ``folder``'s run lock until killed; returns it once it holds it."""
     script = textwrap.dedent(f"""
@@ -393,6 +398,7 @@ def _hold_lock(folder):
     return holder
 
 
+@needs_flock
 def test_a_run_folder_in_use_by_another_process_is_refused_untouched(tmp_path, capsys):
     from plstm_np.experiments.run_folders import LOCK_FILE, RunFolderInUse
     folder, other = tmp_path / "run", tmp_path / "other"
@@ -421,6 +427,7 @@ def test_a_run_folder_in_use_by_another_process_is_refused_untouched(tmp_path, c
     assert not (folder / LOCK_FILE).exists()
 
 
+@needs_flock
 def test_the_lock_removes_only_a_folder_it_created_and_left_empty(tmp_path):
     from plstm_np.experiments.run_folders import LOCK_FILE, run_folder_lock
     new = tmp_path / "new" / "seed0"
@@ -439,10 +446,10 @@ def test_the_lock_removes_only_a_folder_it_created_and_left_empty(tmp_path):
     assert [p.name for p in new.iterdir()] == ["config.json"]
 
 
+@needs_flock
 def test_a_lock_file_replaced_while_locking_is_taken_afresh(tmp_path, monkeypatch):
     """The holder unlinks the lock file as it lets go; a lock won on that unlinked file
     would lock nothing, so it is dropped and the new file locked."""
-    from plstm_np.experiments import run_folders
     path = tmp_path / run_folders.LOCK_FILE
     real_flock, calls = run_folders.fcntl.flock, []
 

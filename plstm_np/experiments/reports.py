@@ -249,13 +249,12 @@ def write_figures(results, folder):
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
     references = results.get("reference_curves", {})
-    if classification:  # published validation-accuracy curves, against the epochs
-        for name, ref in references.items():
-            if "val_accuracy" in ref:
-                model = name.partition("-")[0]
-                axes[0, 0].plot(ref["epochs"], 100 * np.array(ref["val_accuracy"]),
-                                color=_COLOURS.get(model, "k"), ls="none", marker="o", ms=4,
-                                mfc="none", label=f"{name}: {ref['label']}")
+    val_refs = [(name, ref) for name, ref in references.items() if "val_accuracy" in ref]
+    if classification and val_refs:  # published validation-accuracy curves, by epoch
+        for name, ref in val_refs:
+            axes[0, 0].plot(ref["epochs"], 100 * np.array(ref["val_accuracy"]),
+                            color=_COLOURS.get(name.partition("-")[0], "k"), ls="none",
+                            marker="o", ms=4, mfc="none", label=f"{name}: {ref['label']}")
         axes[0, 0].legend(fontsize=7)
     if batch_curves:
         batch_refs = [(name, ref) for name, ref in references.items() if "train_accuracy" in ref]

@@ -42,7 +42,8 @@ __all__ = ["RUN_FILES", "RunStatus", "inspect_run", "config_differences", "read_
 RUN_FILES = ("checkpoint.npz", "last.npz", "run.log", "test_rhos.json", "config.json",
              "log.json")
 
-#: The lock file of a run folder (:func:`run_folder_lock`); not a run file: it stays.
+#: The lock file of a run folder (:func:`run_folder_lock`); not a run file: it is there only
+#: while a process holds the folder (or after one was killed, until the next holder is done).
 LOCK_FILE = ".run.lock"
 
 try:
