@@ -102,7 +102,7 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
     -------
     list of dict
         One record per epoch (the restored epochs included): ``epoch``, ``train_loss``,
-        ``seconds``, ``train_accuracy`` (classification: the share of the epoch's training
+        ``seconds``, ``train_batches`` (the epoch's updates), ``train_accuracy`` (classification: the share of the epoch's training
         targets classified correctly, each batch in training mode before its update), and
         ``val_loss``, ``val_accuracy``, ``val_updates_per_neuron`` when ``val_data`` is
         given.
@@ -165,7 +165,7 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         bar.close()
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-                  "seconds": time.perf_counter() - start}
+                  "seconds": time.perf_counter() - start, "train_batches": len(losses)}
         if targets:  # the training batches' accuracy, each before its update (leak on)
             record["train_accuracy"] = correct / targets
         if val_data is not None:

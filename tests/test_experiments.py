@@ -410,6 +410,35 @@ def test_batch_accuracy_panel_draws_the_published_reference_curve(tmp_path, monk
     np.testing.assert_array_equal(ours[-1][0], [2, 4])
 
 
+def test_batch_accuracy_panel_counts_the_updates_the_runs_made(tmp_path, monkeypatch):
+    """``n_train`` is a cap for real data sets (the digits: 1,618 of 1,797): the panel's
+    steps are the updates each run logged, and its label says how many per epoch."""
+    import matplotlib.axes
+
+    lines, labels = [], []
+    real_plot, real_label = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.set_xlabel
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda ax, *a, **kw: lines.append((a, kw)) or real_plot(ax, *a, **kw))
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel",
+                        lambda ax, text, **kw: labels.append(text) or real_label(ax, text, **kw))
+    run = dict(seed=0, curve_val_loss=[2.0, 1.0], curve_val_accuracy=[0.2, 0.5],
+               curve_train_accuracy=[0.1, 0.4], curve_updates=[51, 102])
+    cond = {key + "_mean": value for key, value in run.items() if key.startswith("curve")}
+    cond.update(runs=[run], final_val_accuracy_mean=0.5)
+    results = dict(experiment="digits", title="t", protocol=dict(seeds=[0], n_train=1797,
+                                                                 batch_size=32),
+                   conditions={"plstm": cond})
+    ex.reports.write_figures(results, tmp_path)
+    ours = [a for a, kw in lines if kw.get("label") == "plstm"]
+    np.testing.assert_array_equal(ours[-1][0], [51, 102])  # not 57 per epoch
+    assert labels[-1] == "update steps (51 per epoch)"
+    # the history's updates per epoch become the run's cumulative count
+    history = [dict(epoch=e, train_loss=1.0, seconds=1.0, train_batches=51, val_loss=1.0,
+                    val_accuracy=0.5, val_updates_per_neuron=[3.0],
+                    val_dense_updates_per_neuron=64.0) for e in (1, 2, 3)]
+    assert ex.reproduction._summarise(history, "cross_entropy")["curve_updates"] == [51, 102, 153]
+
+
 def test_fig4a_draws_the_papers_curves_and_one_colour_per_model(tmp_path, monkeypatch):
     import matplotlib.axes
 

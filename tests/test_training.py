@@ -62,6 +62,11 @@ def test_train_accuracy_is_that_of_each_batch_before_its_update():
             _, grads = shadow.loss_and_grads(batch, training=True)
             shadow_opt.step(grads)
         assert record["train_accuracy"] == correct / len(data)
+        assert record["train_batches"] == 3  # 40 sequences in batches of 16
+    other = leaky_net()
+    capped = pl.train(other, pl.Adam(other, lr=0.05), data, epochs=1, batch_size=16,
+                      max_batches=2, rng=7, progress=False)
+    assert capped[0]["train_batches"] == 2
     mse = pl.Network([pl.PhasedLSTM(1, 4, rng=0)], pl.Dense(4, 1, rng=0), loss="mse")
     reg = pl.Dataset(data.x, data.t, rng.normal(size=(40, 1)), data.lengths)
     record = pl.train(mse, pl.Adam(mse), reg, epochs=1, progress=False)[0]

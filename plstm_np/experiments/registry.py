@@ -144,7 +144,7 @@ EXPERIMENTS = {
     "digits": Experiment(
         "digits", "Sequential 8x8 digits, pixel by pixel (accuracy/loss curves)", "digits",
         conditions={m: dict(model=m) for m in PAPER_MODELS},
-        protocol=dict(epochs=20, n_train=1797, n_val=1797, seeds=3, lr=1e-3),
+        protocol=dict(epochs=60, n_train=1797, n_val=1797, seeds=5, lr=1e-3),
         quick=_QUICK,
         paper={},
     ),

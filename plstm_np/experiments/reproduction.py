@@ -264,6 +264,8 @@ def _summarise(history, loss, layer=0):
                   dense_updates_per_neuron=float(last["val_dense_updates_per_neuron"]))
     if all("train_accuracy" in r for r in history):  # runs of before it was recorded lack it
         record["curve_train_accuracy"] = [r["train_accuracy"] for r in history]
+    if all("train_batches" in r for r in history):  # the updates after each epoch
+        record["curve_updates"] = np.cumsum([r["train_batches"] for r in history]).tolist()
     if loss == "cross_entropy":
         record.update(final_val_accuracy=last["val_accuracy"],
                       best_val_accuracy=max(r["val_accuracy"] for r in history),
