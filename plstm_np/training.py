@@ -102,8 +102,9 @@ def train(net, optimizer, train_data, val_data=None, *, epochs=1, batch_size=32,
     -------
     list of dict
         One record per epoch (the restored epochs included): ``epoch``, ``train_loss``,
-        ``seconds``, ``train_batches`` (the epoch's updates), ``train_accuracy`` (classification: the share of the epoch's training
-        targets classified correctly, each batch in training mode before its update), and
+        ``seconds``, ``train_batches`` (the epoch's updates), ``train_accuracy``
+        (classification: the share of the epoch's training targets classified correctly,
+        each batch in training mode before its update), and
         ``val_loss``, ``val_accuracy``, ``val_updates_per_neuron`` when ``val_data`` is
         given.
 
