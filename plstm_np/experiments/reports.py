@@ -221,12 +221,10 @@ def write_figures(results, folder):
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
     variants = list(dict.fromkeys(name.partition("-")[2] for name in conds))
     p = results["protocol"]
-    # the updates per epoch: as the runs counted them, or else as the protocol implies
-    # (exact where every epoch has n_train sequences; real data sets may have fewer)
     steps_per_epoch = -(-p["n_train"] // p.get("batch_size", 32))
     if p.get("max_batches"):
         steps_per_epoch = min(steps_per_epoch, p["max_batches"])
-    counted = set()
+    per_epoch = set()  # the updates per epoch of the curves drawn, for the axis label
     for name, c in conds.items():
         epochs = np.arange(1, len(c["curve_val_loss_mean"]) + 1)
         # one colour per variant (sampling, tau range), or per model where the conditions
@@ -242,11 +240,13 @@ def write_figures(results, folder):
                        else [(axes[0, 0], epochs, "curve_val_loss", 1),
                              (axes[0, 1], epochs, "curve_train_loss", 1)])
         if batch_curves:
+            # the updates the runs counted; for runs logged before they were, those the
+            # protocol implies (exact where every epoch has n_train sequences; real data
+            # sets may have fewer)
             steps = _updates(c.get("runs", []), len(epochs))
             if steps is None:
                 steps = epochs * steps_per_epoch
-            else:
-                counted.update(np.diff(steps, prepend=0).tolist())
+            per_epoch.update(np.diff(steps, prepend=0).tolist())
             panels_here.append((axes[0, 2], steps, "curve_train_accuracy", 100))
         for ax, xs, key, scale in panels_here:
             ax.plot(xs, scale * np.array(c[key + "_mean"]), label=name, **style)
@@ -279,10 +279,8 @@ def write_figures(results, folder):
             axes[0, 2].plot(ref["steps"], 100 * np.array(ref["train_accuracy"]), "k" + "ox"[k % 2],
                             ms=5, ls="none", label=f"{name}: {ref['label']}")
         axes[0, 2].legend(fontsize=7)
-        if counted:
-            steps_per_epoch = counted.pop() if len(counted) == 1 else None
-        axes[0, 2].set_xlabel("update steps" if steps_per_epoch is None
-                              else f"update steps ({steps_per_epoch} per epoch)")
+        axes[0, 2].set_xlabel(f"update steps ({per_epoch.pop()} per epoch)"
+                              if len(per_epoch) == 1 else "update steps")
         axes[0, 2].set_ylabel("training-batch accuracy (%), epoch mean")
     seeds = results["protocol"]["seeds"]
     fig.suptitle(f"{results['title']}: mean over seeds {seeds}"
