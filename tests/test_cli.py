@@ -197,6 +197,29 @@ def test_reproduce_quick_nmnist_table1(tmp_path, capsys):
     assert code == 0 and again["conditions"]["plstm"]["runs"] == plstm["runs"]
 
 
+def test_reproduce_nmnist_leaves_out_the_tests_of_runs_without_a_network(tmp_path, capsys):
+    """A complete run whose tests were never made and whose resume state is gone (deleted,
+    or not copied with a clone) is named and left out of the test rows, not a crash."""
+    argv = ["reproduce", "nmnist", "--quick", "--out", str(tmp_path), "--seeds", "2"]
+    assert run(argv, capsys)[0] == 0
+    runs = tmp_path / "nmnist" / "runs"
+    for cond, seeds in (("plstm", (0,)), ("lstm", (0, 1))):
+        for seed in seeds:
+            for name in ("last.npz", "test_rhos.json"):
+                (runs / cond / f"seed{seed}" / name).unlink()
+    code, text, _ = run(argv, capsys)
+    assert code == 0 and "] plstm seed 0: not tested at rho = 0.02" in text
+    assert "] lstm seed 1: not tested" in text and "plstm seed 1: not tested" not in text
+    results = json.loads((tmp_path / "nmnist" / "results.json").read_text())
+    plstm, lstm = results["conditions"]["plstm"], results["conditions"]["lstm"]
+    assert ["test" in r for r in plstm["runs"]] == [False, True]
+    assert plstm["test_seeds"] == [1] and "test_mean" not in lstm
+    assert plstm["test_mean"]["0.02"]["accuracy"] == plstm["runs"][1]["test"]["0.02"]["accuracy"]
+    table = (tmp_path / "nmnist" / "results.md").read_text()
+    assert "| plstm (seed 1 of 2) |" in table and "| lstm (not tested) | — |" in table
+    assert "| bnlstm | " in table  # both seeds tested: the plain name
+
+
 @pytest.mark.parametrize("argv, words", [
     ([], "COMMAND"),
     (["train", "nosuchtask"], "task must be one of"),

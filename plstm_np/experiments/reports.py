@@ -29,9 +29,12 @@ def aggregate(runs):
         elif isinstance(value, list) and value and isinstance(value[0], float):
             n = min(len(r[key]) for r in runs)
             agg[f"{key}_mean"] = np.mean([r[key][:n] for r in runs], axis=0).tolist()
-    if "test" in runs[0]:
-        agg["test_mean"] = {rho: {k: float(np.mean([r["test"][rho][k] for r in runs]))
-                                  for k in runs[0]["test"][rho]} for rho in runs[0]["test"]}
+    tested = [r for r in runs if "test" in r]  # a run may lack its tests (_test_rhos)
+    if tested:
+        first = tested[0]["test"]
+        agg["test_mean"] = {rho: {k: float(np.mean([r["test"][rho][k] for r in tested]))
+                                  for k in first[rho]} for rho in first}
+        agg["test_seeds"] = [r["seed"] for r in tested if "seed" in r]
     return agg
 
 
@@ -119,7 +122,7 @@ def results_markdown(results):
                          f"| {c['updates_per_neuron_mean']:.1f} "
                          f"| {c['dense_updates_per_neuron_mean']:.1f} | {c['seconds_mean']:.0f} |")
     if any("test_mean" in c for c in conds.values()):
-        rhos = list(next(iter(conds.values()))["test_mean"])
+        rhos = list(next(c for c in conds.values() if "test_mean" in c)["test_mean"])
         lines += ["", "Test at several event rates rho (trained at rho = "
                   f"{p.get('rho', 1.0)}) on the validation split, the network after its "
                   "last epoch, mean over seeds:", "",
@@ -127,7 +130,14 @@ def results_markdown(results):
                   + " | updates/neuron at rho=" + rhos[-1] + " | dense |",
                   "|---|" + "---|" * (len(rhos) + 2)]
         for name, c in conds.items():
-            t = c["test_mean"]
+            if "test_mean" not in c:  # none of its runs could be tested
+                lines.append(f"| {name} (not tested) | " + " | ".join("—" for _ in rhos)
+                             + " | — | — |")
+                continue
+            t, seeds = c["test_mean"], c.get("test_seeds")
+            if seeds is not None and len(seeds) < len(c["runs"]):
+                name = (f"{name} (seed{'s' if len(seeds) > 1 else ''} "
+                        f"{', '.join(map(str, seeds))} of {len(c['runs'])})")
             lines.append(f"| {name} | " + " | ".join(f"{100 * t[r]['accuracy']:.1f}" for r in rhos)
                          + f" | {t[rhos[-1]]['updates_per_neuron']:.1f} | "
                          f"{t[rhos[-1]]['dense_updates_per_neuron']:.1f} |")

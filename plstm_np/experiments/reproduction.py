@@ -233,8 +233,14 @@ def _reproduce(exp, root, proto, seeds, test_rhos, chosen, configs, *, log, prog
             run_dir = root / "runs" / cond / f"seed{seed}"
             layer = build_model(configs[cond, seed]).recurrent_index  # whose updates count
             record = _summarise(histories[cond, seed], TASK_SPECS[exp.task].loss, layer)
-            if test_rhos:
-                record["test"] = _test_rhos(run_dir, test_rhos, layer, log)
+            test = _test_rhos(run_dir, test_rhos, layer, log) if test_rhos else None
+            if test is not None:
+                record["test"] = test
+            elif test_rhos:
+                log(f"[{name}] {cond} seed {seed}: not tested at rho = "
+                    f"{', '.join(map(str, test_rhos))}: {run_dir} has neither its tests "
+                    f"(test_rhos.json) nor the network to test (last.npz); the table's test "
+                    f"rows leave this seed out")
             runs.append(dict(seed=seed, **record))
             log(f"[{name}] {cond} seed {seed}: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
@@ -278,12 +284,16 @@ def _test_rhos(run_dir, rhos, layer, log):
     """Accuracy and updates at several event rates of the network after the **last** epoch
     (``last.npz``: the table's figures are of the last epoch, without model selection on the
     held-out split they are measured on); kept in ``test_rhos.json`` so that a later
-    reproduction reuses them (also without the resume state)."""
+    reproduction reuses them (also without the resume state). None where neither exists
+    (a complete run whose resume state was deleted, or not copied with a clone, before it
+    was tested)."""
     path = run_dir / "test_rhos.json"
     if path.exists():
         saved = json.loads(path.read_text())
         if set(saved) == {str(rho) for rho in rhos}:
             return saved
+    if not (run_dir / "last.npz").exists():
+        return None
     out = {}
     for rho in rhos:
         r = evaluate_checkpoint(run_dir / "last.npz", rho=rho, log=log)
