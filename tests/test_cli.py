@@ -381,3 +381,27 @@ def test_train_nmnist_with_augmentation_and_simulated_recordings(tmp_path, capsy
     code, _, err = run(["train", "freq", "--augment-shift", "1", "--out", str(tmp_path / "f")],
                        capsys)
     assert code == 2 and "augment_shift applies to N-MNIST" in err
+
+
+def test_reproduce_nmnist_tests_each_run_as_it_finishes(tmp_path, capsys, monkeypatch):
+    """The tests at other event rates are made as each run ends, while its network is there,
+    not when the table is built: a sweep cut off after its training keeps them."""
+    from plstm_np.experiments import reproduction
+
+    def cut_off(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduction, "_summarise", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        main(["reproduce", "nmnist", "--quick", "--out", str(tmp_path), "--seeds", "2"])
+    folders = sorted((tmp_path / "nmnist" / "runs").glob("*/seed*"))
+    assert len(folders) == 6
+    for folder in folders:
+        assert set(json.loads((folder / "test_rhos.json").read_text())) == {"0.02"}
+        (folder / "last.npz").unlink()  # then lost, as with a clone: the tests stay
+    monkeypatch.undo()
+    code, text, _ = run(["reproduce", "nmnist", "--quick", "--out", str(tmp_path),
+                         "--seeds", "2"], capsys)
+    results = json.loads((tmp_path / "nmnist" / "results.json").read_text())
+    assert code == 0 and "not tested" not in text
+    assert all(c["test_seeds"] == [0, 1] for c in results["conditions"].values())

@@ -464,3 +464,22 @@ def test_a_lock_file_replaced_while_locking_is_taken_afresh(tmp_path, monkeypatc
     with run_folders.run_folder_lock(tmp_path):
         assert len(calls) == 2 and calls[1] == path.stat().st_ino
         assert path.read_text() == str(os.getpid())
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_sweep_hands_each_finished_run_to_on_done_with_its_files(tmp_path, jobs):
+    """``on_done`` sees every run once, in this process, as it finishes: its resume state and
+    log are in its folder then (what a reproduction tests before the sweep can be cut off)."""
+    runs = [ex.sweeps.SweepRun(f"r{i}", tiny(seed=i, epochs=2), tmp_path / f"r{i}")
+            for i in range(3)]
+    seen = []
+
+    def on_done(run, summary):
+        assert os.getpid() == parent
+        seen.append((run.name, (run.run_dir / "last.npz").exists(),
+                     len(json.loads((run.run_dir / "log.json").read_text())),
+                     len(summary["history"])))
+
+    parent = os.getpid()
+    ex.sweeps.run_sweep(runs, jobs=jobs, threads=1, log=lambda m: None, on_done=on_done)
+    assert sorted(seen) == [(f"r{i}", True, 2, 2) for i in range(3)]

@@ -216,9 +216,15 @@ def _reproduce(exp, root, proto, seeds, test_rhos, chosen, configs, *, log, prog
             f"{first['n_train']} sequences each); each run's messages in its run.log")
         for run in pending:
             (run.run_dir / "test_rhos.json").unlink(missing_ok=True)  # of an earlier run
+
+        def test_now(run, summary):  # while its last.npz is certainly there
+            layer = build_model(run.cfg).recurrent_index
+            _test_rhos(run.run_dir, test_rhos, layer, log)
+
         summaries = run_sweep(pending, jobs=jobs, threads=threads, client=client,
                               overwrite=overwrite, progress=progress, bar=bar,
-                              log=lambda m: log(f"[{name}] {m}"), label=f"{name} runs")
+                              log=lambda m: log(f"[{name}] {m}"), label=f"{name} runs",
+                              on_done=test_now if test_rhos else None)
         for run, summary in zip(pending, summaries):
             cond, seed = run.name.split("/seed")
             histories[cond, int(seed)] = summary["history"]

@@ -262,7 +262,7 @@ def run_remote(cfg, files, threads=None):
 
 
 def run_sweep(runs, *, jobs=1, threads=None, client=None, overwrite=False, progress=False,
-              bar=False, log=print, label="runs", remote_task=None, retries=2):
+              bar=False, log=print, label="runs", remote_task=None, retries=2, on_done=None):
     """Train (or resume) every run of ``runs``; return their summaries in the same order.
 
     Parameters
@@ -293,6 +293,11 @@ def run_sweep(runs, *, jobs=1, threads=None, client=None, overwrite=False, progr
     retries : int
         Dask: further tries of a run whose task raised (a worker that died does not count:
         the scheduler reschedules its tasks itself).
+    on_done : callable, optional
+        ``on_done(run, summary)``, called in this process as each run finishes, its files
+        (``last.npz`` among them) in its folder, while the others train: what must be done
+        with a run's last network (testing it, say) is then done before the sweep ends or
+        is interrupted.
 
     Returns
     -------
@@ -314,11 +319,11 @@ def run_sweep(runs, *, jobs=1, threads=None, client=None, overwrite=False, progr
         for run in runs:
             locks.enter_context(run_folder_lock(run.run_dir))
         return _run_sweep(runs, jobs, threads, client, overwrite, progress, bar, log, label,
-                          remote_task, retries)
+                          remote_task, retries, on_done)
 
 
 def _run_sweep(runs, jobs, threads, client, overwrite, progress, bar, log, label, remote_task,
-               retries):
+               retries, on_done):
     """:func:`run_sweep` with the run folders' locks held."""
     if threads is None and jobs > 1:
         threads = max(1, available_cores() // jobs)
@@ -333,6 +338,8 @@ def _run_sweep(runs, jobs, threads, client, overwrite, progress, bar, log, label
             log(f"{runs[index].name}: {len(summary['history'])} epochs "
                 + (f"(resumed after epoch {resumed}) " if resumed else "")
                 + f"in {summary['seconds']:.1f} s{where}")
+            if on_done is not None:
+                on_done(runs[index], summary)
         progress_bar.update()
 
     try:
