@@ -34,7 +34,7 @@ def aggregate(runs):
         first = tested[0]["test"]
         agg["test_mean"] = {rho: {k: float(np.mean([r["test"][rho][k] for r in tested]))
                                   for k in first[rho]} for rho in first}
-        agg["test_seeds"] = [r["seed"] for r in tested if "seed" in r]
+        agg["test_seeds"] = [r["seed"] for r in tested]
     return agg
 
 
